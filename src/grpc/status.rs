@@ -1,0 +1,390 @@
+//! Every error the gateway returns, as a gRPC status with `google.rpc.ErrorInfo`.
+//!
+//! This file is the whole error model: one exhaustive mapping from
+//! [`wecom::Error`](crate::wecom::Error), plus the gateway's own refusals. Messages
+//! tell the caller what to do next; WeCom's own text travels in the ErrorInfo
+//! metadata (`errcode`, `errmsg`), never lost and never mixed into the message.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    domain::FieldViolation,
+    wecom::{Error, TransportKind, errcode},
+};
+
+/// ErrorInfo domain of reasons that come from a WeCom errcode.
+pub const WECOM_DOMAIN: &str = "qyapi.weixin.qq.com";
+/// ErrorInfo domain of the gateway's own reasons.
+pub const GATEWAY_DOMAIN: &str = "wecom-kf-upgrade";
+
+/// How long a caller should wait after WeCom's frequency limit (45009), which is
+/// counted per minute.
+pub const RATE_LIMIT_RETRY_DELAY: Duration = Duration::from_secs(10);
+/// How long a caller should wait after WeCom's concurrency limit (45033).
+pub const CONCURRENCY_LIMIT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// A status under construction: code, message, ErrorInfo and optional extras.
+struct Refusal {
+    code: Code,
+    reason: &'static str,
+    domain: &'static str,
+    message: String,
+    metadata: HashMap<String, String>,
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn gateway(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            domain: GATEWAY_DOMAIN,
+            message: message.into(),
+            metadata: HashMap::new(),
+            retry_after: None,
+        }
+    }
+
+    fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.metadata.insert(key.to_owned(), value.to_string());
+        self
+    }
+
+    fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    fn into_status(self, mut details: ErrorDetails) -> Status {
+        details.set_error_info(self.reason, self.domain, self.metadata);
+        if let Some(delay) = self.retry_after {
+            details.set_retry_info(Some(delay));
+        }
+        Status::with_error_details(self.code, self.message, details)
+    }
+}
+
+/// The status for an adapter error.
+pub fn from_wecom(error: &Error) -> Status {
+    refusal(error).into_status(ErrorDetails::new())
+}
+
+fn refusal(error: &Error) -> Refusal {
+    match error {
+        Error::Api {
+            endpoint,
+            errcode,
+            errmsg,
+        } => {
+            let mut r = from_errcode(*errcode, error.is_credential_rejection());
+            r.message = format!("{} (WeCom {endpoint} errcode {errcode})", r.message);
+            r.with("errcode", errcode)
+                .with("errmsg", errmsg)
+                .with("endpoint", endpoint)
+        }
+        Error::HttpStatus { endpoint, status } => {
+            let transient = *status >= 500 || *status == 429 || *status == 408;
+            let (code, what_next) = if transient {
+                (Code::Unavailable, "retry with backoff")
+            } else {
+                (Code::Internal, "check upstream.api_base and any proxy in front of WeCom")
+            };
+            Refusal::gateway(
+                code,
+                "UPSTREAM_HTTP_ERROR",
+                format!("WeCom {endpoint} answered HTTP {status}; {what_next}"),
+            )
+            .with("http_status", status)
+            .with("endpoint", endpoint)
+        }
+        Error::Transport {
+            endpoint, kind, ..
+        } => {
+            let (reason, what) = match kind {
+                TransportKind::Timeout => ("UPSTREAM_TIMEOUT", "did not answer in time"),
+                TransportKind::Connect => ("UPSTREAM_UNREACHABLE", "could not be reached"),
+                TransportKind::Other => ("UPSTREAM_CONNECTION_FAILED", "connection failed"),
+            };
+            Refusal::gateway(
+                Code::Unavailable,
+                reason,
+                format!("WeCom {endpoint} {what} after the gateway's retries; retry with backoff"),
+            )
+            .with("endpoint", endpoint)
+        }
+        Error::MalformedBody { endpoint, .. } => Refusal::gateway(
+            Code::Internal,
+            "UPSTREAM_MALFORMED_BODY",
+            format!(
+                "WeCom {endpoint} answered HTTP 200 with a body that is not the JSON WeCom \
+                 documents; the gateway's logs have the details"
+            ),
+        )
+        .with("endpoint", endpoint),
+        Error::BodyTooLarge { endpoint, limit } => Refusal::gateway(
+            Code::Internal,
+            "UPSTREAM_BODY_TOO_LARGE",
+            format!("WeCom {endpoint} answered a body over {limit} bytes (upstream.max_body_bytes)"),
+        )
+        .with("endpoint", endpoint)
+        .with("limit_bytes", limit),
+        Error::CallTimeout { timeout_ms } => Refusal::gateway(
+            Code::Unavailable,
+            "UPSTREAM_TIMEOUT",
+            format!(
+                "WeCom did not answer within the gateway's call timeout of {timeout_ms} ms \
+                 (upstream.call_timeout_ms); retry with backoff"
+            ),
+        ),
+        Error::UnknownApp {
+            requested,
+            configured,
+        } => Refusal::gateway(
+            Code::InvalidArgument,
+            "UNKNOWN_APP",
+            format!(
+                "x-wecom-app `{requested}` is not a configured app; use one of: {}",
+                configured.join(", ")
+            ),
+        )
+        .with("app", requested)
+        .with("configured_apps", configured.join(",")),
+    }
+}
+
+/// WeCom errcode → status. The message is completed by the caller with the errcode.
+fn from_errcode(code: i64, credentials_rejected: bool) -> Refusal {
+    use errcode::*;
+
+    let wecom = |code, reason, message: &str| Refusal {
+        code,
+        reason,
+        domain: WECOM_DOMAIN,
+        message: message.to_owned(),
+        metadata: HashMap::new(),
+        retry_after: None,
+    };
+    match code {
+        _ if credentials_rejected => wecom(
+            Code::FailedPrecondition,
+            "CREDENTIALS_REJECTED",
+            "WeCom refused the gateway's corp_id or secret for this app; an operator must fix \
+             the app's configuration",
+        ),
+        SYSTEM_BUSY => wecom(
+            Code::Unavailable,
+            "SYSTEM_BUSY",
+            "WeCom is busy (系统繁忙) after the gateway's retries; retry with backoff",
+        ),
+        INVALID_CREDENTIAL | INVALID_ACCESS_TOKEN | ACCESS_TOKEN_EXPIRED => wecom(
+            Code::Unavailable,
+            "ACCESS_TOKEN_REJECTED",
+            "WeCom refused a freshly fetched access token; retry with backoff",
+        ),
+        INVALID_CORPID => wecom(
+            Code::FailedPrecondition,
+            "CREDENTIALS_REJECTED",
+            "WeCom refused the gateway's corp_id; an operator must fix the app's configuration",
+        ),
+        MISSING_ACCESS_TOKEN => wecom(
+            Code::Internal,
+            "ACCESS_TOKEN_MISSING",
+            "WeCom received no access token from the gateway; report this gateway bug",
+        ),
+        INVALID_JSON => wecom(
+            Code::Internal,
+            "REQUEST_NOT_UNDERSTOOD",
+            "WeCom could not read the gateway's JSON; report this gateway bug",
+        ),
+        RATE_LIMITED => wecom(
+            Code::ResourceExhausted,
+            "RATE_LIMITED",
+            "WeCom's call frequency limit for this API was reached; retry after the RetryInfo delay",
+        )
+        .retry_after(RATE_LIMIT_RETRY_DELAY),
+        CONCURRENCY_LIMITED => wecom(
+            Code::ResourceExhausted,
+            "CONCURRENCY_LIMITED",
+            "WeCom's concurrency limit for this API was reached; retry after the RetryInfo delay",
+        )
+        .retry_after(CONCURRENCY_LIMIT_RETRY_DELAY),
+        API_NOT_PERMITTED => wecom(
+            Code::PermissionDenied,
+            "API_NOT_PERMITTED",
+            "this app may not call the 微信客服 API: add it to 「微信客服」-「可调用接口的应用」 \
+             or grant the 升级服务 permission",
+        ),
+        OUT_OF_VISIBLE_RANGE => wecom(
+            Code::PermissionDenied,
+            "OUT_OF_VISIBLE_RANGE",
+            "the member, group owner or receptionist is outside the app's visible range",
+        ),
+        UNTRUSTED_IP => wecom(
+            Code::PermissionDenied,
+            "UNTRUSTED_IP",
+            "the gateway's egress IP is not among the app's trusted IPs (企业可信IP)",
+        ),
+        APP_NOT_PERMITTED => wecom(
+            Code::PermissionDenied,
+            "APP_NOT_PERMITTED",
+            "this app has no permission for the requested operation",
+        ),
+        INVALID_OPEN_KFID => wecom(
+            Code::InvalidArgument,
+            "INVALID_OPEN_KFID",
+            "open_kfid is not a valid customer-service account id; fix the request",
+        ),
+        OPEN_KFID_NOT_FOUND => wecom(
+            Code::NotFound,
+            "OPEN_KFID_NOT_FOUND",
+            "no customer-service account has this open_kfid; fix the request",
+        ),
+        NOT_CONFIGURED_FOR_UPGRADE => wecom(
+            Code::FailedPrecondition,
+            "UPGRADE_TARGET_NOT_CONFIGURED",
+            "the userid or chat_id is not configured in 「微信客服」-「升级服务」; pick one \
+             from GetUpgradeConfig or configure it in the WeCom admin console",
+        ),
+        INVALID_EXTERNAL_USERID => wecom(
+            Code::InvalidArgument,
+            "INVALID_EXTERNAL_USERID",
+            "external_userid is not a valid customer of this corp; fix the request",
+        ),
+        INVALID_USERID => wecom(
+            Code::InvalidArgument,
+            "INVALID_USERID",
+            "userid is not a member of this corp; fix the request",
+        ),
+        INVALID_PARAMETER => wecom(
+            Code::InvalidArgument,
+            "INVALID_PARAMETER",
+            "WeCom refused a parameter of the request; errmsg says which",
+        ),
+        code if KF_RANGE.contains(&code) => wecom(
+            Code::FailedPrecondition,
+            "KF_STATE_REJECTED",
+            "WeCom's 微信客服 refused the operation in the current state; errmsg says why",
+        ),
+        _ => wecom(
+            Code::Unknown,
+            "WECOM_ERROR",
+            "WeCom refused the call with an errcode the gateway does not classify; errmsg says why",
+        ),
+    }
+}
+
+/// INVALID_ARGUMENT with a `google.rpc.BadRequest` naming every bad field.
+pub fn invalid_request(violations: Vec<FieldViolation>) -> Status {
+    let summary = violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let fields = violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut details = ErrorDetails::new();
+    for v in violations.iter() {
+        details.add_bad_request_violation(v.field.clone(), v.description.clone());
+    }
+    Refusal::gateway(
+        Code::InvalidArgument,
+        "INVALID_REQUEST",
+        format!("invalid request: {summary}"),
+    )
+    .with("fields", fields)
+    .into_status(details)
+}
+
+/// INVALID_ARGUMENT for unreadable request metadata.
+pub fn invalid_metadata(key: &str, problem: &str) -> Status {
+    Refusal::gateway(
+        Code::InvalidArgument,
+        "INVALID_METADATA",
+        format!("metadata {key} {problem}"),
+    )
+    .with("key", key)
+    .into_status(ErrorDetails::new())
+}
+
+/// DEADLINE_EXCEEDED: the caller's deadline passed before WeCom answered.
+pub fn deadline_exceeded(budget: Duration) -> Status {
+    Refusal::gateway(
+        Code::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+        format!(
+            "the call's deadline ({} ms) passed before WeCom answered; the operation may or \
+             may not have taken effect: retry with a longer deadline",
+            budget.as_millis()
+        ),
+    )
+    .into_status(ErrorDetails::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wecom::Endpoint;
+
+    fn api(endpoint: Endpoint, errcode: i64) -> Status {
+        from_wecom(&Error::Api {
+            endpoint,
+            errcode,
+            errmsg: "msg".into(),
+        })
+    }
+
+    #[test]
+    fn every_status_carries_error_info_with_the_errcode() {
+        let status = api(Endpoint::UpgradeService, 95021);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "UPGRADE_TARGET_NOT_CONFIGURED");
+        assert_eq!(info.domain, WECOM_DOMAIN);
+        assert_eq!(info.metadata["errcode"], "95021");
+        assert_eq!(info.metadata["errmsg"], "msg");
+        assert!(status.message().contains("95021"));
+    }
+
+    #[test]
+    fn credential_errors_differ_by_endpoint() {
+        let on_gettoken = api(Endpoint::GetToken, 40001);
+        assert_eq!(on_gettoken.code(), Code::FailedPrecondition);
+        let on_business = api(Endpoint::CancelUpgrade, 40001);
+        assert_eq!(on_business.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_info() {
+        let status = api(Endpoint::UpgradeService, 45009);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry = status.get_details_retry_info().unwrap();
+        assert_eq!(retry.retry_delay, Some(RATE_LIMIT_RETRY_DELAY));
+    }
+
+    #[test]
+    fn unknown_errcodes_are_unknown_and_keep_the_number() {
+        let status = api(Endpoint::UpgradeService, 123456);
+        assert_eq!(status.code(), Code::Unknown);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.metadata["errcode"], "123456");
+    }
+
+    #[test]
+    fn validation_names_every_field() {
+        let status = invalid_request(vec![
+            FieldViolation { field: "open_kfid".into(), description: "is required".into() },
+            FieldViolation { field: "member.userid".into(), description: "is required".into() },
+        ]);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status.get_details_bad_request().unwrap();
+        let fields: Vec<_> = bad.field_violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["open_kfid", "member.userid"]);
+        assert_eq!(status.get_details_error_info().unwrap().reason, "INVALID_REQUEST");
+    }
+}

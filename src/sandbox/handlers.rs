@@ -1,0 +1,303 @@
+//! The sandbox's HTTP routes.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+
+use super::{Fault, MAX_RECORDED_REQUESTS, RecordedRequest, Sandbox};
+use crate::wecom::{Endpoint, errcode};
+
+type Params = Query<HashMap<String, String>>;
+
+/// How long an expired token is still recognised as one of ours.
+const EXPIRED_TOKENS_KEPT: Duration = Duration::from_secs(3600);
+
+pub(super) fn router(sandbox: Arc<Sandbox>) -> Router {
+    Router::new()
+        .route(Endpoint::GetToken.path(), get(gettoken))
+        .route(Endpoint::GetUpgradeConfig.path(), get(get_upgrade_config))
+        .route(Endpoint::UpgradeService.path(), post(upgrade_service))
+        .route(Endpoint::CancelUpgrade.path(), post(cancel_upgrade))
+        .route("/sandbox/state", get(state))
+        .route("/sandbox/requests", get(requests))
+        .route("/sandbox/faults", post(add_fault).delete(clear_faults))
+        .route("/sandbox/expire-tokens", post(expire_tokens))
+        .with_state(sandbox)
+}
+
+/// WeCom's answer shape: HTTP 200 with errcode and errmsg.
+fn answer(errcode: i64, errmsg: &str) -> Response {
+    Json(json!({ "errcode": errcode, "errmsg": errmsg })).into_response()
+}
+
+fn ok(mut fields: Value) -> Response {
+    if let Some(map) = fields.as_object_mut() {
+        map.insert("errcode".into(), json!(0));
+        map.insert("errmsg".into(), json!("ok"));
+    }
+    Json(fields).into_response()
+}
+
+// === impl Sandbox (request handling) ===
+
+impl Sandbox {
+    fn record(&self, method: &str, path: &str, params: &HashMap<String, String>, body: Value) {
+        let mut state = self.state();
+        if state.requests.len() >= MAX_RECORDED_REQUESTS {
+            state.requests.remove(0);
+        }
+        state.requests.push(RecordedRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            had_access_token: params.contains_key("access_token"),
+            body,
+        });
+    }
+
+    /// Applies the first fault scripted for `path`, if any: waits its delay, then
+    /// returns its answer, or `None` to let the normal answer through.
+    async fn scripted(&self, path: &str) -> Option<Response> {
+        let fault = {
+            let mut state = self.state();
+            let index = state.faults.iter().position(|f| f.path == path)?;
+            let fault = state.faults[index].clone();
+            if fault.times <= 1 {
+                state.faults.remove(index);
+            } else {
+                state.faults[index].times -= 1;
+            }
+            fault
+        };
+        tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+        let status = fault
+            .http_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK);
+        if let Some(body) = fault.body {
+            let content_type = if body.trim_start().starts_with('{') {
+                "application/json"
+            } else {
+                "text/html; charset=utf-8"
+            };
+            return Some((status, [(header::CONTENT_TYPE, content_type)], body).into_response());
+        }
+        if let Some(code) = fault.errcode {
+            let errmsg = fault.errmsg.as_deref().unwrap_or("sandbox fault");
+            return Some((status, answer(code, errmsg)).into_response());
+        }
+        fault
+            .http_status
+            .map(|_| (status, "sandbox fault").into_response())
+    }
+
+    /// WeCom's token check: 41001 without one, 40014 if unknown, 42001 if expired.
+    fn check_token(&self, params: &HashMap<String, String>) -> Result<(), Response> {
+        let Some(token) = params.get("access_token").filter(|t| !t.is_empty()) else {
+            return Err(answer(errcode::MISSING_ACCESS_TOKEN, "access_token missing"));
+        };
+        match self.state().tokens.get(token) {
+            None => Err(answer(errcode::INVALID_ACCESS_TOKEN, "invalid access_token")),
+            Some(expiry) if Instant::now() >= *expiry => Err(answer(
+                errcode::ACCESS_TOKEN_EXPIRED,
+                "access_token expired",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The normal `gettoken` answer.
+    fn issue_token(&self, params: &HashMap<String, String>) -> Response {
+        if params.get("corpid") != Some(&self.config.corp_id) {
+            return answer(errcode::INVALID_CORPID, "invalid corpid");
+        }
+        if params.get("corpsecret") != Some(&self.config.secret) {
+            return answer(errcode::INVALID_CREDENTIAL, "invalid credential");
+        }
+        let now = Instant::now();
+        let mut state = self.state();
+        // Expired tokens are kept a while, so that using one answers 42001, not 40014.
+        state
+            .tokens
+            .retain(|_, expiry| now.saturating_duration_since(*expiry) < EXPIRED_TOKENS_KEPT);
+        // Like WeCom: while a token is valid, gettoken returns it again.
+        let valid = state.tokens.iter().filter(|(_, e)| **e > now);
+        let (token, expiry) = match valid.max_by_key(|(_, e)| **e) {
+            Some((token, expiry)) => (token.clone(), *expiry),
+            None => {
+                let token: String = std::iter::repeat_with(fastrand::alphanumeric)
+                    .take(64)
+                    .collect();
+                let expiry = now + self.config.token_ttl;
+                state.tokens.insert(token.clone(), expiry);
+                (token, expiry)
+            }
+        };
+        let expires_in = expiry.saturating_duration_since(now).as_secs().max(1);
+        ok(json!({ "access_token": token, "expires_in": expires_in }))
+    }
+}
+
+/// Parses a POST body as WeCom does: 47001 when it is not a JSON object.
+fn json_body(body: &Bytes) -> Result<Value, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) if value.is_object() => Ok(value),
+        _ => Err(answer(errcode::INVALID_JSON, "data format error")),
+    }
+}
+
+fn recorded_body(body: &Bytes) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+/// The (open_kfid, external_userid) of a body, with WeCom's errcodes when missing.
+fn customer_of(body: &Value) -> Result<(String, String), Response> {
+    let text = |key| body.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let open_kfid = text("open_kfid").ok_or_else(|| answer(errcode::INVALID_OPEN_KFID, "invalid open_kfid"))?;
+    let external_userid = text("external_userid")
+        .ok_or_else(|| answer(errcode::INVALID_EXTERNAL_USERID, "invalid external_userid"))?;
+    Ok((open_kfid.to_owned(), external_userid.to_owned()))
+}
+
+// === WeCom routes ===
+
+async fn gettoken(State(sandbox): State<Arc<Sandbox>>, Query(params): Params) -> Response {
+    let path = Endpoint::GetToken.path();
+    // The secret is not recorded: the sandbox's requests are shown to anyone.
+    sandbox.record("GET", path, &params, json!({ "corpid": params.get("corpid") }));
+    sandbox.state().gettoken_calls += 1;
+    if let Some(fault) = sandbox.scripted(path).await {
+        return fault;
+    }
+    sandbox.issue_token(&params)
+}
+
+async fn get_upgrade_config(State(sandbox): State<Arc<Sandbox>>, Query(params): Params) -> Response {
+    let path = Endpoint::GetUpgradeConfig.path();
+    sandbox.record("GET", path, &params, Value::Null);
+    if let Some(fault) = sandbox.scripted(path).await {
+        return fault;
+    }
+    if let Err(refused) = sandbox.check_token(&params) {
+        return refused;
+    }
+    let config = sandbox.config();
+    ok(json!({
+        "member_range": {
+            "userid_list": config.member_userids,
+            "department_id_list": config.member_department_ids,
+        },
+        "groupchat_range": { "chat_id_list": config.group_chat_ids },
+    }))
+}
+
+async fn upgrade_service(
+    State(sandbox): State<Arc<Sandbox>>,
+    Query(params): Params,
+    body: Bytes,
+) -> Response {
+    let path = Endpoint::UpgradeService.path();
+    sandbox.record("POST", path, &params, recorded_body(&body));
+    if let Some(fault) = sandbox.scripted(path).await {
+        return fault;
+    }
+    let checked = sandbox.check_token(&params).and_then(|()| {
+        let body = json_body(&body)?;
+        let customer = customer_of(&body)?;
+        let config = sandbox.config();
+        let target = |object: &str, key: &str| {
+            body.get(object)
+                .and_then(|o| o.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let configured = match body.get("type").and_then(Value::as_i64) {
+            Some(1) => target("member", "userid")
+                .map(|userid| config.member_userids.contains(&userid))
+                .ok_or_else(|| answer(errcode::INVALID_PARAMETER, "member.userid missing"))?,
+            Some(2) => target("groupchat", "chat_id")
+                .map(|chat_id| config.group_chat_ids.contains(&chat_id))
+                .ok_or_else(|| answer(errcode::INVALID_PARAMETER, "groupchat.chat_id missing"))?,
+            _ => return Err(answer(errcode::INVALID_PARAMETER, "invalid type")),
+        };
+        if !configured {
+            return Err(answer(
+                errcode::NOT_CONFIGURED_FOR_UPGRADE,
+                "userid or chat_id not configured in upgrade service",
+            ));
+        }
+        Ok((customer, body))
+    });
+    match checked {
+        Ok((customer, body)) => {
+            sandbox.state().recommendations.insert(customer, body);
+            ok(json!({}))
+        }
+        Err(refused) => refused,
+    }
+}
+
+async fn cancel_upgrade(
+    State(sandbox): State<Arc<Sandbox>>,
+    Query(params): Params,
+    body: Bytes,
+) -> Response {
+    let path = Endpoint::CancelUpgrade.path();
+    sandbox.record("POST", path, &params, recorded_body(&body));
+    if let Some(fault) = sandbox.scripted(path).await {
+        return fault;
+    }
+    let checked = sandbox
+        .check_token(&params)
+        .and_then(|()| customer_of(&json_body(&body)?));
+    match checked {
+        Ok(customer) => {
+            sandbox.state().recommendations.remove(&customer);
+            ok(json!({}))
+        }
+        Err(refused) => refused,
+    }
+}
+
+// === control routes ===
+
+async fn state(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    let state = sandbox.state();
+    let recommendations: Vec<Value> = state.recommendations.values().cloned().collect();
+    Json(json!({
+        "recommendations": recommendations,
+        "gettoken_calls": state.gettoken_calls,
+        "pending_faults": state.faults,
+    }))
+}
+
+async fn requests(State(sandbox): State<Arc<Sandbox>>) -> Json<Vec<RecordedRequest>> {
+    Json(sandbox.requests())
+}
+
+async fn add_fault(State(sandbox): State<Arc<Sandbox>>, Json(fault): Json<Fault>) -> StatusCode {
+    sandbox.push_fault(fault);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_faults(State(sandbox): State<Arc<Sandbox>>) -> StatusCode {
+    sandbox.clear_faults();
+    StatusCode::NO_CONTENT
+}
+
+async fn expire_tokens(State(sandbox): State<Arc<Sandbox>>) -> StatusCode {
+    sandbox.expire_tokens();
+    StatusCode::NO_CONTENT
+}

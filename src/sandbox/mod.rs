@@ -1,0 +1,252 @@
+//! The WeCom sandbox: an HTTP server that behaves like WeCom's `gettoken` and the
+//! three 升级服务 calls, as WeCom's document describes them, plus control routes
+//! for tests and demos.
+//!
+//! WeCom routes (`/cgi-bin/...`):
+//! - `gettoken` checks corpid and secret (40013, 40001) and issues tokens that expire
+//!   after the configured TTL; while a token is valid, `gettoken` returns it again.
+//! - the business calls answer 41001 without a token, 40014 for an unknown token,
+//!   42001 for an expired one; `upgrade_service` answers 95021 when the userid or
+//!   chat_id is not configured, and keeps one recommendation per customer, which
+//!   `cancel_upgrade_service` clears.
+//!
+//! Control routes (`/sandbox/...`): `GET state` (recommendations, gettoken count),
+//! `GET requests` (every WeCom request received, secrets redacted), `POST faults`
+//! and `DELETE faults` (scripted answers), `POST expire-tokens`.
+
+mod handlers;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// Corp id of the sandbox's demo app.
+pub const DEMO_CORP_ID: &str = "wwsandbox0000000001";
+/// Secret of the sandbox's demo app. Not a secret: it only opens the sandbox.
+pub const DEMO_SECRET: &str = "sandbox-secret";
+
+/// What the sandbox knows: credentials, token lifetime, and the 升级服务 configuration.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The corp id `gettoken` accepts.
+    pub corp_id: String,
+    /// The secret `gettoken` accepts.
+    pub secret: String,
+    /// How long issued tokens live (WeCom: 7200 s).
+    pub token_ttl: Duration,
+    /// Configured service members (专员).
+    pub member_userids: Vec<String>,
+    /// Configured departments of service members.
+    pub member_department_ids: Vec<u32>,
+    /// Configured customer group chats.
+    pub group_chat_ids: Vec<String>,
+}
+
+impl Default for SandboxConfig {
+    /// The demo app, with the configuration of WeCom's sample answer.
+    fn default() -> Self {
+        Self {
+            corp_id: DEMO_CORP_ID.to_owned(),
+            secret: DEMO_SECRET.to_owned(),
+            token_ttl: Duration::from_secs(7200),
+            member_userids: vec!["zhangsan".to_owned(), "lisi".to_owned()],
+            member_department_ids: vec![2, 3],
+            group_chat_ids: vec![
+                "wraaaaaaaaaaaaaaaa".to_owned(),
+                "wrbbbbbbbbbbbbbbb".to_owned(),
+            ],
+        }
+    }
+}
+
+/// A scripted answer: the next `times` requests to `path` get it instead of the
+/// normal one. Any part may be left out: a fault with only `delay_ms` slows the
+/// normal answer down; one with `errcode` answers `{"errcode":…,"errmsg":…}`; one
+/// with `body` answers those exact bytes (an HTML error page, truncated JSON…).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// The WeCom path, e.g. `/cgi-bin/kf/customer/upgrade_service`.
+    pub path: String,
+    /// Answer this errcode.
+    #[serde(default)]
+    pub errcode: Option<i64>,
+    /// With `errcode`: the errmsg (default: `sandbox fault`).
+    #[serde(default)]
+    pub errmsg: Option<String>,
+    /// Answer with this HTTP status (default 200).
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    /// Answer exactly this body.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Wait this long before answering.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// How many requests it applies to (default 1).
+    #[serde(default = "one")]
+    pub times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A request WeCom would have received, as recorded by the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordedRequest {
+    /// `GET` or `POST`.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// Whether an `access_token` query parameter was present (its value is not kept).
+    pub had_access_token: bool,
+    /// The JSON body, or the raw text when it was not JSON; `null` for a GET.
+    pub body: Value,
+}
+
+/// The sandbox's state, shared by its HTTP handlers and by tests in-process.
+#[derive(Debug)]
+pub struct Sandbox {
+    config: SandboxConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Issued tokens and when they expire.
+    tokens: HashMap<String, Instant>,
+    /// The current recommendation per (open_kfid, external_userid): the request body.
+    recommendations: BTreeMap<(String, String), Value>,
+    faults: VecDeque<Fault>,
+    requests: Vec<RecordedRequest>,
+    gettoken_calls: u64,
+}
+
+/// Keeps at most this many recorded requests, so a long-running sandbox stays small.
+const MAX_RECORDED_REQUESTS: usize = 10_000;
+
+impl Sandbox {
+    /// A sandbox with `config` and no tokens, recommendations or faults.
+    pub fn new(config: SandboxConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The configuration it serves.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Handlers never panic while holding the lock; recover the data if one ever did.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Scripts a fault.
+    pub fn push_fault(&self, fault: Fault) {
+        self.state().faults.push_back(fault);
+    }
+
+    /// Removes all scripted faults.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
+    /// Every WeCom request received so far (the newest 10,000).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state().requests.clone()
+    }
+
+    /// The requests received for one path.
+    pub fn requests_to(&self, path: &str) -> Vec<RecordedRequest> {
+        self.requests().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// How many `gettoken` calls were received.
+    pub fn gettoken_calls(&self) -> u64 {
+        self.state().gettoken_calls
+    }
+
+    /// The current recommendation for a customer: the `upgrade_service` body that set it.
+    pub fn recommendation(&self, open_kfid: &str, external_userid: &str) -> Option<Value> {
+        let key = (open_kfid.to_owned(), external_userid.to_owned());
+        self.state().recommendations.get(&key).cloned()
+    }
+
+    /// Makes every issued token expired, as if their TTL had passed.
+    pub fn expire_tokens(&self) {
+        let now = Instant::now();
+        for expiry in self.state().tokens.values_mut() {
+            *expiry = now;
+        }
+    }
+
+    /// Serves the sandbox on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, handlers::router(self))
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Binds `addr` and serves in a background task; the handle stops it.
+    pub async fn spawn(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SandboxHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let sandbox = Arc::clone(self);
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(error) = sandbox.serve(listener, shutdown).await {
+                tracing::error!(%error, "sandbox server failed");
+            }
+        });
+        Ok(SandboxHandle {
+            addr,
+            stop: Some(stop),
+        })
+    }
+}
+
+/// A running sandbox. Dropping it stops the server.
+#[derive(Debug)]
+pub struct SandboxHandle {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SandboxHandle {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, to use as `WECOM_API_BASE`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // The server may be gone already; then there is nothing to stop.
+            let _ = stop.send(());
+        }
+    }
+}

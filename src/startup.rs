@@ -1,0 +1,235 @@
+//! Builds the application (binds its listeners) and runs it until a shutdown signal.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{Router, http::StatusCode, routing::get};
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{
+    config::Settings,
+    grpc::{CustomerUpgradeServiceServer, UpgradeGateway, pb},
+    wecom::Apps,
+};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP client for WeCom could not be built (TLS set-up).
+    #[error("cannot build the WeCom HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    /// Reflection could not read the descriptor sets.
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A gateway whose listeners are bound, ready to run.
+#[derive(Debug)]
+pub struct Application {
+    settings: Settings,
+    apps: Apps,
+    grpc: TcpListener,
+    admin: TcpListener,
+}
+
+impl Application {
+    /// Builds the WeCom clients and binds both listeners (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let apps = Apps::from_settings(&settings)?;
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Bind { what, addr, source })
+        };
+        let grpc = bind("gRPC", settings.listen).await?;
+        let admin = bind("admin HTTP", settings.admin_listen).await?;
+        Ok(Self {
+            settings,
+            apps,
+            grpc,
+            admin,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    /// The bound admin HTTP address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or(self.settings.admin_listen)
+    }
+
+    /// Serves until `shutdown` completes, then drains: health turns NOT_SERVING,
+    /// new connections are still accepted for `drain_delay` (load balancers need
+    /// that long to notice), then the listener closes and in-flight calls get at
+    /// most `shutdown_grace` to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartupError> {
+        let grpc_addr = self.grpc_addr();
+        let admin_addr = self.admin_addr();
+        let server_settings = self.settings.server.clone();
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<CustomerUpgradeServiceServer<UpgradeGateway>>()
+            .await;
+        let gateway = UpgradeGateway::new(self.apps, self.settings.upstream.call_timeout());
+        let service = CustomerUpgradeServiceServer::new(gateway)
+            .max_decoding_message_size(server_settings.max_decode_message_bytes);
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        // grpcurl 1.8 speaks only v1alpha.
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let ready = Arc::new(AtomicBool::new(true));
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = axum::serve(self.admin, admin_router(Arc::clone(&ready)))
+            .with_graceful_shutdown(async {
+                let _ = admin_stopped.await;
+            });
+        let admin = tokio::spawn(async move {
+            if let Err(error) = admin.await {
+                tracing::error!(%error, "admin HTTP server failed");
+            }
+        });
+
+        let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.grpc), async {
+                let _ = grpc_stopped.await;
+            });
+        let mut server = tokio::spawn(server);
+        tracing::info!(%grpc_addr, %admin_addr, "gateway serving");
+
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut server => {
+                // The server stopped by itself: that is a failure.
+                let _ = stop_admin.send(());
+                return match result {
+                    Ok(result) => result.map_err(StartupError::from),
+                    Err(join) => {
+                        tracing::error!(error = %join, "gRPC server task ended abnormally");
+                        Ok(())
+                    }
+                };
+            }
+        }
+
+        tracing::info!(
+            drain_delay_ms = server_settings.drain_delay_ms,
+            "shutdown requested: reporting NOT_SERVING and draining"
+        );
+        ready.store(false, Ordering::Release);
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_not_serving::<CustomerUpgradeServiceServer<UpgradeGateway>>()
+            .await;
+        tokio::time::sleep(server_settings.drain_delay()).await;
+
+        let _ = stop_grpc.send(());
+        // tonic waits for every connection to close, without limit; bound it.
+        let result = match tokio::time::timeout(server_settings.shutdown_grace(), &mut server).await {
+            Ok(Ok(result)) => result.map_err(StartupError::from),
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "gRPC server task ended abnormally");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    shutdown_grace_ms = server_settings.shutdown_grace_ms,
+                    "in-flight calls did not finish within the shutdown grace; closing them"
+                );
+                server.abort();
+                Ok(())
+            }
+        };
+        let _ = stop_admin.send(());
+        let _ = admin.await;
+        tracing::info!("gateway stopped");
+        result
+    }
+}
+
+/// `/healthz`: the process is alive. `/readyz`: it accepts work (not draining).
+/// Neither asks WeCom: an outage there must not take every replica out of service.
+fn admin_router(ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Acquire);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                    }
+                }
+            }),
+        )
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        // SIGINT: Ctrl-C in a terminal.
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        // SIGTERM: what Kubernetes and container runtimes send to stop a pod.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,165 @@
+//! The three 升级服务 calls for one app, and the registry of apps.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{
+    Endpoint, Error, GetToken, TokenCache, Transport,
+    api::{CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
+    backoff,
+    transport::Call,
+};
+use crate::{
+    config::{Settings, UpstreamSettings},
+    domain::{Customer, Upgrade, UpgradeConfig},
+};
+
+/// One configured WeCom app: its token cache and its calls.
+#[derive(Debug)]
+pub struct AppClient {
+    name: String,
+    transport: Transport,
+    tokens: Arc<TokenCache>,
+    upstream: UpstreamSettings,
+}
+
+impl AppClient {
+    /// A client whose tokens come from `tokens`.
+    pub(crate) fn new(
+        name: impl Into<String>,
+        transport: Transport,
+        tokens: Arc<TokenCache>,
+        upstream: UpstreamSettings,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            transport,
+            tokens,
+            upstream,
+        }
+    }
+
+    /// The app's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The app's token cache.
+    pub fn tokens(&self) -> &Arc<TokenCache> {
+        &self.tokens
+    }
+
+    /// 获取配置的专员与客户群.
+    pub async fn get_upgrade_config(&self) -> Result<UpgradeConfig, Error> {
+        let answer: UpgradeConfigAnswer = self.call(Endpoint::GetUpgradeConfig, None).await?;
+        Ok(answer.into())
+    }
+
+    /// 为客户升级为专员或客户群服务.
+    pub async fn upgrade_service(&self, upgrade: &Upgrade) -> Result<(), Error> {
+        let body = json(&UpgradeBody::from(upgrade));
+        let _: EmptyAnswer = self.call(Endpoint::UpgradeService, Some(&body)).await?;
+        Ok(())
+    }
+
+    /// 为客户取消推荐.
+    pub async fn cancel_upgrade(&self, customer: &Customer) -> Result<(), Error> {
+        let body = json(&CancelBody::from(customer));
+        let _: EmptyAnswer = self.call(Endpoint::CancelUpgrade, Some(&body)).await?;
+        Ok(())
+    }
+
+    /// One business call with WeCom's retry rules: after a token error, one retry
+    /// with a fresh token; after a transient error, up to `max_retries` retries with
+    /// jittered backoff. The caller bounds the whole loop in time.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        body: Option<&[u8]>,
+    ) -> Result<T, Error> {
+        let mut token = self.tokens.get().await?;
+        let mut refreshed = false;
+        let mut retries = 0;
+        loop {
+            let query = [("access_token", token.expose())];
+            let error = match self
+                .transport
+                .send(Call {
+                    endpoint,
+                    query: &query,
+                    body,
+                })
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(error) => error,
+            };
+            if error.is_stale_token() && !refreshed {
+                refreshed = true;
+                self.tokens.invalidate(&token);
+                token = self.tokens.get().await?;
+                tracing::debug!(app = %self.name, %endpoint, errcode = error.errcode(), "retrying with a fresh token");
+                continue;
+            }
+            if error.is_transient() && retries < self.upstream.max_retries {
+                retries += 1;
+                let wait = backoff(self.upstream.retry_backoff(), retries, self.upstream.call_timeout());
+                tracing::debug!(app = %self.name, %endpoint, %error, retries, wait_ms = wait.as_millis() as u64, "retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Err(error);
+        }
+    }
+}
+
+fn json(body: &impl Serialize) -> Vec<u8> {
+    // Serializing these borrowed-string structs cannot fail: no maps with non-string
+    // keys, no custom Serialize impls. An empty body would be refused by WeCom.
+    serde_json::to_vec(body).unwrap_or_default()
+}
+
+/// The configured apps, by name.
+#[derive(Debug, Clone)]
+pub struct Apps {
+    apps: BTreeMap<String, Arc<AppClient>>,
+    default_app: String,
+}
+
+impl Apps {
+    /// One [`AppClient`] per configured app, sharing one HTTP connection pool.
+    pub fn from_settings(settings: &Settings) -> Result<Self, reqwest::Error> {
+        let upstream = &settings.upstream;
+        let http = Transport::client(upstream.connect_timeout(), upstream.request_timeout())?;
+        let apps = settings
+            .apps
+            .iter()
+            .map(|(name, app)| {
+                let transport = Transport::new(http.clone(), &app.api_base, upstream.max_body_bytes);
+                let source = GetToken::new(app.corp_id.clone(), app.secret.clone(), transport.clone());
+                let tokens = Arc::new(TokenCache::new(name.clone(), Arc::new(source), settings.token.clone()));
+                let client = AppClient::new(name.clone(), transport, tokens, upstream.clone());
+                (name.clone(), Arc::new(client))
+            })
+            .collect();
+        Ok(Self {
+            apps,
+            default_app: settings.default_app.clone(),
+        })
+    }
+
+    /// The app named `name`, or the default app when `name` is `None`.
+    pub fn get(&self, name: Option<&str>) -> Result<&Arc<AppClient>, Error> {
+        let name = name.unwrap_or(&self.default_app);
+        self.apps.get(name).ok_or_else(|| Error::UnknownApp {
+            requested: name.to_owned(),
+            configured: self.apps.keys().cloned().collect(),
+        })
+    }
+
+    /// All apps.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<AppClient>> {
+        self.apps.values()
+    }
+}

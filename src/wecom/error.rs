@@ -1,0 +1,147 @@
+//! The one error type of the adapter. It keeps WeCom's errcode and errmsg, and
+//! never an access token, a secret or a URL with a query string.
+
+use std::fmt;
+
+use super::errcode;
+
+/// A WeCom HTTP endpoint the gateway calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `GET /cgi-bin/gettoken`.
+    GetToken,
+    /// `GET /cgi-bin/kf/customer/get_upgrade_service_config`.
+    GetUpgradeConfig,
+    /// `POST /cgi-bin/kf/customer/upgrade_service`.
+    UpgradeService,
+    /// `POST /cgi-bin/kf/customer/cancel_upgrade_service`.
+    CancelUpgrade,
+}
+
+impl Endpoint {
+    /// The path, without the query (which may carry secrets).
+    pub const fn path(self) -> &'static str {
+        match self {
+            Endpoint::GetToken => "/cgi-bin/gettoken",
+            Endpoint::GetUpgradeConfig => "/cgi-bin/kf/customer/get_upgrade_service_config",
+            Endpoint::UpgradeService => "/cgi-bin/kf/customer/upgrade_service",
+            Endpoint::CancelUpgrade => "/cgi-bin/kf/customer/cancel_upgrade_service",
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.path())
+    }
+}
+
+/// How a request failed before WeCom answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// No connection could be made.
+    Connect,
+    /// The request or the body read timed out.
+    Timeout,
+    /// The connection broke, or anything else below HTTP.
+    Other,
+}
+
+/// Why a call to WeCom did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// WeCom answered with a non-zero errcode.
+    #[error("WeCom {endpoint} answered errcode {errcode}: {errmsg}")]
+    Api {
+        /// Which call.
+        endpoint: Endpoint,
+        /// WeCom's errcode, never lost.
+        errcode: i64,
+        /// WeCom's errmsg (may carry a hint and a link to WeCom's errcode tool).
+        errmsg: String,
+    },
+    /// WeCom (or a proxy in front of it) answered with an HTTP status other than 200.
+    #[error("WeCom {endpoint} answered HTTP {status}")]
+    HttpStatus {
+        /// Which call.
+        endpoint: Endpoint,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// No answer: connect error, timeout, broken connection.
+    #[error("could not reach WeCom {endpoint}: {detail}")]
+    Transport {
+        /// Which call.
+        endpoint: Endpoint,
+        /// What kind of failure.
+        kind: TransportKind,
+        /// The cause chain, with any URL removed.
+        detail: String,
+    },
+    /// HTTP 200 with a body that is not the JSON WeCom documents.
+    #[error("WeCom {endpoint} answered a body that is not the expected JSON: {problem}")]
+    MalformedBody {
+        /// Which call.
+        endpoint: Endpoint,
+        /// What is wrong with the body.
+        problem: String,
+    },
+    /// The body was larger than `upstream.max_body_bytes`.
+    #[error("WeCom {endpoint} answered a body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// Which call.
+        endpoint: Endpoint,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The whole call, retries included, took longer than `upstream.call_timeout_ms`.
+    #[error("WeCom did not answer within the gateway's call timeout of {timeout_ms} ms")]
+    CallTimeout {
+        /// The configured timeout.
+        timeout_ms: u64,
+    },
+    /// The caller asked for an app that is not configured.
+    #[error("WeCom app `{requested}` is not configured; configured apps: {}", .configured.join(", "))]
+    UnknownApp {
+        /// What the caller sent in `x-wecom-app`.
+        requested: String,
+        /// What it could have sent.
+        configured: Vec<String>,
+    },
+}
+
+impl Error {
+    /// WeCom's errcode, when WeCom answered with one.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            Error::Api { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+
+    /// The access token used was refused: refresh it and retry the call once.
+    pub fn is_stale_token(&self) -> bool {
+        matches!(self, Error::Api { endpoint, errcode, .. }
+            if *endpoint != Endpoint::GetToken && errcode::is_token_error(*errcode))
+    }
+
+    /// `gettoken` refused the corp id or secret: retrying cannot help until an
+    /// operator fixes the configuration.
+    pub fn is_credential_rejection(&self) -> bool {
+        matches!(self, Error::Api { endpoint: Endpoint::GetToken, errcode, .. }
+            if errcode::is_credential_error(*errcode))
+    }
+
+    /// Worth retrying the same request after a pause.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Api { errcode, .. } => *errcode == errcode::SYSTEM_BUSY,
+            Error::HttpStatus { status, .. } => *status >= 500,
+            Error::Transport { .. } => true,
+            Error::MalformedBody { .. }
+            | Error::BodyTooLarge { .. }
+            | Error::CallTimeout { .. }
+            | Error::UnknownApp { .. } => false,
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The WeCom adapter: HTTP calls, access-token caching, errcodes and JSON types.
+//!
+//! [`Apps`] holds one [`AppClient`] per configured app; each owns a [`TokenCache`]
+//! and makes the three 升级服务 calls with the retry rules of WeCom's docs: one retry
+//! with a fresh token after a token error, bounded jittered retries after `-1`,
+//! HTTP 5xx and transport errors, nothing else.
+
+mod api;
+mod client;
+pub mod errcode;
+mod error;
+mod transport;
+mod token;
+
+pub use api::decode;
+pub use client::{AppClient, Apps};
+pub use error::{Endpoint, Error, TransportKind};
+pub use token::{AccessToken, GetToken, IssuedToken, TokenCache, TokenSource};
+pub(crate) use transport::Transport;
+
+use std::time::Duration;
+
+/// Exponential backoff with jitter: attempt 1 waits between `base / 2` and `base`,
+/// each later attempt up to twice as long, never more than `max`.
+pub(crate) fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
+    let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+    let ceiling = base.saturating_mul(factor).min(max);
+    // Jitter spreads the retries of many callers so they do not arrive together.
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn backoff_stays_within_half_and_whole_of_the_capped_exponential(
+            base_ms in 1u64..10_000,
+            attempt in 0u32..200,
+            max_ms in 1u64..100_000,
+        ) {
+            let (base, max) = (Duration::from_millis(base_ms), Duration::from_millis(max_ms));
+            let wait = backoff(base, attempt, max);
+            let exp = 2u128.saturating_pow(attempt.saturating_sub(1));
+            let ceiling = (base.as_nanos().saturating_mul(exp)).min(max.as_nanos());
+            prop_assert!(wait.as_nanos() <= ceiling);
+            prop_assert!(wait.as_nanos() >= ceiling / 2);
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! Access tokens: where they come from ([`TokenSource`]) and how they are shared
+//! ([`TokenCache`]).
+//!
+//! The cache is where WeCom SDKs usually go wrong, so it spells out its rules:
+//! - single-flight: however many callers find the cache cold or expired, one fetch runs;
+//!   the others wait for it and share its result, success or failure;
+//! - refresh ahead: a token close to expiry is refreshed in the background while
+//!   callers keep using it;
+//! - compare-and-invalidate: a business call whose token was refused drops the cached
+//!   token only if it is still that token, so a burst of failures causes one refresh;
+//! - no hammering: a failed fetch is remembered, for a cool-down when WeCom refused
+//!   the credentials, for a jittered backoff when the failure was transient.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+use super::{
+    Endpoint, Error, Transport, api::TokenAnswer, backoff, transport::Call,
+};
+use crate::config::TokenSettings;
+
+/// An access token. Its `Debug` is redacted and it has no `Display`, so it cannot
+/// reach a log by accident; [`AccessToken::expose`] is for building the request only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(Arc<str>);
+
+impl AccessToken {
+    /// Wraps a token string.
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the `access_token` query parameter.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(****)")
+    }
+}
+
+/// A token as issued, with its lifetime.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// The token.
+    pub token: AccessToken,
+    /// How long WeCom says it is valid (`expires_in`).
+    pub expires_in: Duration,
+}
+
+/// Where access tokens come from: `gettoken` for self-built and 代开发 apps; a
+/// third-party suite's `get_corp_token` or an external token service would plug in here.
+#[async_trait]
+pub trait TokenSource: Send + Sync + fmt::Debug {
+    /// Fetches a new token.
+    async fn fetch(&self) -> Result<IssuedToken, Error>;
+}
+
+/// `GET /cgi-bin/gettoken?corpid=…&corpsecret=…`.
+pub struct GetToken {
+    corp_id: String,
+    secret: SecretString,
+    transport: Transport,
+}
+
+impl GetToken {
+    pub(crate) fn new(corp_id: String, secret: SecretString, transport: Transport) -> Self {
+        Self {
+            corp_id,
+            secret,
+            transport,
+        }
+    }
+}
+
+impl fmt::Debug for GetToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetToken")
+            .field("corp_id", &self.corp_id)
+            .field("secret", &"****")
+            .finish()
+    }
+}
+
+#[async_trait]
+impl TokenSource for GetToken {
+    async fn fetch(&self) -> Result<IssuedToken, Error> {
+        let answer: TokenAnswer = self
+            .transport
+            .send(Call {
+                endpoint: Endpoint::GetToken,
+                query: &[
+                    ("corpid", &self.corp_id),
+                    ("corpsecret", self.secret.expose_secret()),
+                ],
+                body: None,
+            })
+            .await?;
+        if answer.access_token.is_empty() || answer.expires_in == 0 {
+            return Err(Error::MalformedBody {
+                endpoint: Endpoint::GetToken,
+                problem: "errcode 0 without an access_token or expires_in".to_owned(),
+            });
+        }
+        Ok(IssuedToken {
+            token: AccessToken::new(answer.access_token),
+            expires_in: Duration::from_secs(answer.expires_in),
+        })
+    }
+}
+
+// === impl TokenCache ===
+
+/// One app's token, shared by all of its calls.
+pub struct TokenCache {
+    app: String,
+    source: Arc<dyn TokenSource>,
+    settings: TokenSettings,
+    /// Guarded by a plain mutex: it is held for a few instructions, never across an await.
+    state: Mutex<State>,
+    /// Held while a fetch runs: the single flight.
+    fetching: tokio::sync::Mutex<()>,
+    /// A background refresh is scheduled or running.
+    refreshing: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Cached>,
+    /// The last fetch failed; callers get this error until `until`.
+    held: Option<Held>,
+    /// Fetch failures in a row, for the backoff.
+    failures: u32,
+}
+
+struct Cached {
+    token: AccessToken,
+    /// When the gateway stops using it (before WeCom's expiry, by the margin).
+    expires_at: Instant,
+    /// When a background refresh is due.
+    refresh_at: Instant,
+}
+
+struct Held {
+    error: Error,
+    until: Instant,
+}
+
+enum Lookup {
+    Fresh(AccessToken),
+    /// Valid, but a background refresh is due.
+    RefreshDue(AccessToken),
+    Held(Error),
+    Missing,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("app", &self.app)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCache {
+    /// A cold cache for `app`.
+    pub fn new(app: impl Into<String>, source: Arc<dyn TokenSource>, settings: TokenSettings) -> Self {
+        Self {
+            app: app.into(),
+            source,
+            settings,
+            state: Mutex::new(State::default()),
+            fetching: tokio::sync::Mutex::new(()),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// A valid token: the cached one, or one fetched now by exactly one of the
+    /// callers that found the cache cold.
+    pub async fn get(self: &Arc<Self>) -> Result<AccessToken, Error> {
+        match self.lookup() {
+            Lookup::Fresh(token) => return Ok(token),
+            Lookup::RefreshDue(token) => {
+                self.refresh_in_background();
+                return Ok(token);
+            }
+            Lookup::Held(error) => return Err(error),
+            Lookup::Missing => {}
+        }
+        let _flight = self.fetching.lock().await;
+        // Whoever held the lock before us may have fetched, or failed: use that.
+        match self.lookup() {
+            Lookup::Fresh(token) | Lookup::RefreshDue(token) => return Ok(token),
+            Lookup::Held(error) => return Err(error),
+            Lookup::Missing => {}
+        }
+        let result = self.source.fetch().await;
+        self.record(result, false)
+    }
+
+    /// Drops the cached token if it is still `failed`: WeCom refused it. A token
+    /// that was already replaced stays, so concurrent failures cause one refresh.
+    /// Returns whether the token was dropped.
+    pub fn invalidate(&self, failed: &AccessToken) -> bool {
+        let mut state = self.state();
+        let is_current = state.current.as_ref().is_some_and(|c| &c.token == failed);
+        if is_current {
+            state.current = None;
+            tracing::info!(app = %self.app, "access token refused by WeCom; dropped from the cache");
+        }
+        is_current
+    }
+
+    /// Time left before the cached token is dropped, if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        let state = self.state();
+        state
+            .current
+            .as_ref()
+            .map(|c| c.expires_at.saturating_duration_since(Instant::now()))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; if something ever did, the state is
+        // still a valid cache (at worst a stale token, which WeCom refuses and we retry).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lookup(&self) -> Lookup {
+        let now = Instant::now();
+        let state = self.state();
+        match &state.current {
+            Some(c) if now < c.expires_at && now < c.refresh_at => Lookup::Fresh(c.token.clone()),
+            Some(c) if now < c.expires_at => Lookup::RefreshDue(c.token.clone()),
+            _ => match &state.held {
+                Some(held) if now < held.until => Lookup::Held(held.error.clone()),
+                _ => Lookup::Missing,
+            },
+        }
+    }
+
+    /// Stores what a fetch produced and returns it to the fetching caller.
+    fn record(
+        &self,
+        result: Result<IssuedToken, Error>,
+        background: bool,
+    ) -> Result<AccessToken, Error> {
+        let now = Instant::now();
+        let mut guard = self.state();
+        let state = &mut *guard;
+        match result {
+            Ok(issued) => {
+                let lifetime = issued.expires_in;
+                let margin = Duration::from_secs(self.settings.expiry_margin_secs).min(lifetime / 10);
+                let ahead = Duration::from_secs(self.settings.refresh_ahead_secs).min(lifetime / 4);
+                let expires_at = now + lifetime - margin;
+                state.current = Some(Cached {
+                    token: issued.token.clone(),
+                    expires_at,
+                    refresh_at: expires_at - ahead,
+                });
+                state.held = None;
+                state.failures = 0;
+                tracing::info!(
+                    app = %self.app,
+                    expires_in_secs = lifetime.as_secs(),
+                    background,
+                    "access token fetched"
+                );
+                Ok(issued.token)
+            }
+            Err(error) => {
+                state.failures = state.failures.saturating_add(1);
+                let wait = if error.is_credential_rejection() {
+                    Duration::from_secs(self.settings.credential_cooldown_secs)
+                } else {
+                    backoff(
+                        Duration::from_millis(self.settings.failure_backoff_ms),
+                        state.failures,
+                        Duration::from_millis(self.settings.failure_backoff_max_ms),
+                    )
+                };
+                tracing::warn!(
+                    app = %self.app,
+                    error = %error,
+                    failures = state.failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    background,
+                    "access token fetch failed"
+                );
+                match (&mut state.current, background) {
+                    // The token in hand is still valid: keep serving it, retry later.
+                    (Some(current), true) => current.refresh_at = now + wait,
+                    _ => {
+                        state.held = Some(Held {
+                            error: error.clone(),
+                            until: now + wait,
+                        })
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn refresh_in_background(self: &Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cache = Arc::clone(self);
+        tokio::spawn(async move {
+            {
+                let _flight = cache.fetching.lock().await;
+                // A caller may have fetched a new token while we waited for the lock.
+                if matches!(cache.lookup(), Lookup::RefreshDue(_)) {
+                    let result = cache.source.fetch().await;
+                    // The outcome is in the cache (or in the log); nobody awaits it here.
+                    let _ = cache.record(result, true);
+                }
+            }
+            cache.refreshing.store(false, Ordering::Release);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A source that counts fetches and answers from a script.
+    #[derive(Debug)]
+    struct Scripted {
+        calls: AtomicUsize,
+        delay: Duration,
+        expires_in: Duration,
+        fail_with: Mutex<Option<Error>>,
+    }
+
+    impl Scripted {
+        fn new(expires_in: Duration) -> Arc<Self> {
+            Arc::new(Self {
+                calls: AtomicUsize::new(0),
+                delay: Duration::from_millis(50),
+                expires_in,
+                fail_with: Mutex::new(None),
+            })
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+        fn fail_with(&self, error: Option<Error>) {
+            *self.fail_with.lock().unwrap() = error;
+        }
+    }
+
+    #[async_trait]
+    impl TokenSource for Scripted {
+        async fn fetch(&self) -> Result<IssuedToken, Error> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.delay).await;
+            if let Some(error) = self.fail_with.lock().unwrap().clone() {
+                return Err(error);
+            }
+            Ok(IssuedToken {
+                token: AccessToken::new(format!("token-{n}")),
+                expires_in: self.expires_in,
+            })
+        }
+    }
+
+    fn cache(source: Arc<Scripted>) -> Arc<TokenCache> {
+        Arc::new(TokenCache::new("test", source, TokenSettings::default()))
+    }
+
+    fn api_error(endpoint: Endpoint, errcode: i64) -> Error {
+        Error::Api {
+            endpoint,
+            errcode,
+            errmsg: "scripted".into(),
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_on_a_cold_cache_share_one_fetch() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        let calls = (0..500).map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await })
+        });
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap().expose(), "token-1");
+        }
+        assert_eq!(source.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_token_is_fetched_again_once() {
+        let source = Scripted::new(Duration::from_secs(100));
+        let cache = cache(source.clone());
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        // Expiry is at 90% of the lifetime (margin of a tenth), so 95 s is past it.
+        tokio::time::advance(Duration::from_secs(95)).await;
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await.unwrap() })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().expose(), "token-2");
+        }
+        assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_near_expiry_is_refreshed_in_the_background_while_still_served() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        cache.get().await.unwrap();
+        // Expiry at 3600 - 30 s, refresh due 300 s before that.
+        tokio::time::advance(Duration::from_secs(3600 - 30 - 299)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1", "served at once");
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        tokio::time::sleep(Duration::from_millis(100)).await; // the refresh's fetch takes 50 ms
+        assert_eq!(cache.get().await.unwrap().expose(), "token-2");
+        assert_eq!(source.calls(), 2, "one background refresh for all those calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidation_only_drops_the_token_that_failed() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        let first = cache.get().await.unwrap();
+        assert!(cache.invalidate(&first));
+        let second = cache.get().await.unwrap();
+        assert_eq!(second.expose(), "token-2");
+        // A late failure report for the first token must not drop the second.
+        assert!(!cache.invalidate(&first));
+        assert_eq!(cache.get().await.unwrap(), second);
+        assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejected_credentials_are_held_for_the_cool_down() {
+        let source = Scripted::new(HOUR);
+        source.fail_with(Some(api_error(Endpoint::GetToken, 40001)));
+        let cache = cache(source.clone());
+        for _ in 0..20 {
+            let error = cache.get().await.unwrap_err();
+            assert!(error.is_credential_rejection());
+        }
+        assert_eq!(source.calls(), 1, "one gettoken for twenty callers");
+        source.fail_with(None);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "token-2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_back_off_before_the_next_fetch() {
+        let source = Scripted::new(HOUR);
+        source.fail_with(Some(api_error(Endpoint::GetToken, -1)));
+        let cache = cache(source.clone());
+        assert!(cache.get().await.is_err());
+        assert!(cache.get().await.is_err());
+        assert_eq!(source.calls(), 1, "the second caller got the held error");
+        tokio::time::advance(Duration::from_millis(600)).await; // first backoff is at most 500 ms
+        assert!(cache.get().await.is_err());
+        assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_background_refresh_keeps_the_valid_token() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        cache.get().await.unwrap();
+        source.fail_with(Some(api_error(Endpoint::GetToken, -1)));
+        tokio::time::advance(Duration::from_secs(3600 - 30 - 100)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1", "still valid, still served");
+        assert_eq!(source.calls(), 2);
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let token = AccessToken::new("SECRET-TOKEN");
+        assert_eq!(format!("{token:?}"), "AccessToken(****)");
+    }
+}
