@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::{
     config::{ProcessEnv, Settings},
@@ -154,7 +156,9 @@ async fn sandbox(args: SandboxArgs) -> Result<(), BoxError> {
         secret = %config.secret,
         "WeCom sandbox serving (demo credentials, not secrets)"
     );
-    Sandbox::new(config).serve(listener, shutdown_signal()).await?;
+    Sandbox::new(config)
+        .serve(listener, shutdown_signal())
+        .await?;
     Ok(())
 }
 
@@ -195,7 +199,10 @@ async fn health(args: HealthArgs) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => {
-            eprintln!("health check of {} timed out after {} ms", args.addr, args.timeout_ms);
+            eprintln!(
+                "health check of {} timed out after {} ms",
+                args.addr, args.timeout_ms
+            );
             ExitCode::FAILURE
         }
     }

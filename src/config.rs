@@ -677,7 +677,10 @@ mod tests {
         "#;
         let s = from_toml(
             text,
-            &[("CRM_SECRET", "crm-secret"), ("WECOM_CORP_SECRET", "env-secret")],
+            &[
+                ("CRM_SECRET", "crm-secret"),
+                ("WECOM_CORP_SECRET", "env-secret"),
+            ],
         )
         .unwrap();
         assert_eq!(s.default_app, "shop");
@@ -685,7 +688,10 @@ mod tests {
         assert_eq!(s.apps["crm"].secret.expose_secret(), "crm-secret");
         assert_eq!(s.apps["crm"].api_base, "http://127.0.0.1:9");
         assert_eq!(s.upstream.max_retries, 1);
-        assert_eq!(s.upstream.call_timeout_ms, 10_000, "unset keys keep defaults");
+        assert_eq!(
+            s.upstream.call_timeout_ms, 10_000,
+            "unset keys keep defaults"
+        );
     }
 
     #[test]
@@ -713,7 +719,8 @@ mod tests {
 
     #[test]
     fn a_default_app_that_is_not_configured_is_rejected() {
-        let text = "default_app = \"x\"\n[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret = \"s\"\n";
+        let text =
+            "default_app = \"x\"\n[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret = \"s\"\n";
         let err = from_toml(text, &[]).unwrap_err();
         assert_eq!(err.key, "default_app");
     }
@@ -746,9 +753,13 @@ mod tests {
             ("WECOM_CORP_ID", "real"),
             ("WECOM_CORP_SECRET_FILE", "/nonexistent"),
         ]);
-        let s = Settings::load_for_sandbox(None, &real, "http://127.0.0.1:1", "sbx", "demo").unwrap();
+        let s =
+            Settings::load_for_sandbox(None, &real, "http://127.0.0.1:1", "sbx", "demo").unwrap();
         let app = &s.apps["default"];
-        assert_eq!((app.corp_id.as_str(), app.api_base.as_str()), ("sbx", "http://127.0.0.1:1"));
+        assert_eq!(
+            (app.corp_id.as_str(), app.api_base.as_str()),
+            ("sbx", "http://127.0.0.1:1")
+        );
         assert_eq!(app.secret.expose_secret(), "demo");
     }
 

@@ -199,7 +199,11 @@ mod tests {
     fn identifiers_have_a_byte_limit() {
         assert!(UserId::parse("userid", "a".repeat(MAX_USERID_BYTES)).is_ok());
         let err = UserId::parse("userid", "a".repeat(MAX_USERID_BYTES + 1)).unwrap_err();
-        assert!(err.description.contains("at most 64"), "{}", err.description);
+        assert!(
+            err.description.contains("at most 64"),
+            "{}",
+            err.description
+        );
         assert!(ChatId::parse("chat_id", "w".repeat(MAX_ID_BYTES)).is_ok());
         assert!(ChatId::parse("chat_id", "w".repeat(MAX_ID_BYTES + 1)).is_err());
     }

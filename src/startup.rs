@@ -79,7 +79,9 @@ impl Application {
 
     /// The bound admin HTTP address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().unwrap_or(self.settings.admin_listen)
+        self.admin
+            .local_addr()
+            .unwrap_or(self.settings.admin_listen)
     }
 
     /// Serves until `shutdown` completes, then drains: health turns NOT_SERVING,
@@ -105,6 +107,8 @@ impl Application {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc.ErrorInfo and friends, so grpcurl can print error details.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
         let reflection_v1 = reflection().build_v1()?;
         // grpcurl 1.8 speaks only v1alpha.
@@ -154,7 +158,9 @@ impl Application {
             "shutdown requested: reporting NOT_SERVING and draining"
         );
         ready.store(false, Ordering::Release);
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         health
             .set_not_serving::<CustomerUpgradeServiceServer<UpgradeGateway>>()
             .await;
@@ -162,7 +168,8 @@ impl Application {
 
         let _ = stop_grpc.send(());
         // tonic waits for every connection to close, without limit; bound it.
-        let result = match tokio::time::timeout(server_settings.shutdown_grace(), &mut server).await {
+        let result = match tokio::time::timeout(server_settings.shutdown_grace(), &mut server).await
+        {
             Ok(Ok(result)) => result.map_err(StartupError::from),
             Ok(Err(join)) => {
                 tracing::error!(error = %join, "gRPC server task ended abnormally");

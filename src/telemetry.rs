@@ -11,7 +11,8 @@ const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn
 /// Installs the global subscriber. `LOG_FORMAT=json|pretty` chooses the format;
 /// otherwise JSON unless stderr is a terminal. `RUST_LOG` filters.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = match std::env::var("LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("pretty") => false,
@@ -20,7 +21,11 @@ pub fn init() {
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests) keeps the first subscriber.
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
     } else {
         builder.try_init()
     };

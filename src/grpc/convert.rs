@@ -108,7 +108,11 @@ mod tests {
         }))
     }
 
-    fn request(open_kfid: &str, external_userid: &str, target: Option<Target>) -> pb::UpgradeServiceRequest {
+    fn request(
+        open_kfid: &str,
+        external_userid: &str,
+        target: Option<Target>,
+    ) -> pb::UpgradeServiceRequest {
         pb::UpgradeServiceRequest {
             open_kfid: open_kfid.into(),
             external_userid: external_userid.into(),
@@ -124,7 +128,10 @@ mod tests {
     fn a_valid_member_request_converts() {
         let upgrade = Upgrade::try_from(request("kf1", "wm1", member("zhangsan", ""))).unwrap();
         assert_eq!(upgrade.customer.open_kfid.as_str(), "kf1");
-        assert!(matches!(upgrade.target, UpgradeTarget::Member { wording: None, .. }));
+        assert!(matches!(
+            upgrade.target,
+            UpgradeTarget::Member { wording: None, .. }
+        ));
     }
 
     #[test]
@@ -132,13 +139,21 @@ mod tests {
         let result = Upgrade::try_from(request("", "wm 1", member("", "\u{1b}[31m")));
         assert_eq!(
             fields(result),
-            ["open_kfid", "external_userid", "member.userid", "member.wording"]
+            [
+                "open_kfid",
+                "external_userid",
+                "member.userid",
+                "member.wording"
+            ]
         );
     }
 
     #[test]
     fn a_missing_target_is_reported() {
-        assert_eq!(fields(Upgrade::try_from(request("kf1", "wm1", None))), ["target"]);
+        assert_eq!(
+            fields(Upgrade::try_from(request("kf1", "wm1", None))),
+            ["target"]
+        );
     }
 
     #[test]
@@ -147,7 +162,10 @@ mod tests {
             chat_id: "x".repeat(200),
             wording: String::new(),
         }));
-        assert_eq!(fields(Upgrade::try_from(request("kf1", "wm1", target))), ["groupchat.chat_id"]);
+        assert_eq!(
+            fields(Upgrade::try_from(request("kf1", "wm1", target))),
+            ["groupchat.chat_id"]
+        );
     }
 
     #[test]
@@ -160,10 +178,12 @@ mod tests {
     fn arb_target() -> impl Strategy<Value = Option<Target>> {
         prop_oneof![
             Just(None),
-            (any::<String>(), any::<String>())
-                .prop_map(|(userid, wording)| Some(Target::Member(pb::MemberTarget { userid, wording }))),
-            (any::<String>(), any::<String>())
-                .prop_map(|(chat_id, wording)| Some(Target::Groupchat(pb::GroupChatTarget { chat_id, wording }))),
+            (any::<String>(), any::<String>()).prop_map(|(userid, wording)| Some(Target::Member(
+                pb::MemberTarget { userid, wording }
+            ))),
+            (any::<String>(), any::<String>()).prop_map(|(chat_id, wording)| Some(
+                Target::Groupchat(pb::GroupChatTarget { chat_id, wording })
+            )),
         ]
     }
 

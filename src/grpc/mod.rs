@@ -61,10 +61,14 @@ impl UpgradeGateway {
                 status::invalid_metadata(APP_METADATA_KEY, "must be printable ASCII")
             })?),
         };
-        let app = self.apps.get(requested).map_err(|e| status::from_wecom(&e))?;
+        let app = self
+            .apps
+            .get(requested)
+            .map_err(|e| status::from_wecom(&e))?;
         tracing::Span::current().record("wecom.app", app.name());
 
-        let caller = deadline::caller_timeout(metadata).map(|t| t.saturating_sub(DEADLINE_HEADROOM));
+        let caller =
+            deadline::caller_timeout(metadata).map(|t| t.saturating_sub(DEADLINE_HEADROOM));
         let budget = caller.map_or(self.call_timeout, |c| c.min(self.call_timeout));
         match tokio::time::timeout(budget, call(Arc::clone(app))).await {
             Ok(result) => result.map_err(|error| {
@@ -99,11 +103,15 @@ async fn traced<T>(
     );
     async move {
         let result = rpc.await;
-        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         tracing::Span::current().record("rpc.grpc.status_code", code as i32);
         match &result {
             Ok(_) => tracing::debug!("rpc ok"),
-            Err(status) => tracing::info!(code = ?status.code(), message = status.message(), "rpc failed"),
+            Err(status) => {
+                tracing::info!(code = ?status.code(), message = status.message(), "rpc failed")
+            }
         }
         result.map(Response::new)
     }
@@ -119,7 +127,9 @@ impl CustomerUpgradeService for UpgradeGateway {
     ) -> Result<Response<pb::GetUpgradeConfigResponse>, Status> {
         traced("GetUpgradeConfig", async {
             let config = self
-                .with_app(request.metadata(), |app| async move { app.get_upgrade_config().await })
+                .with_app(request.metadata(), |app| async move {
+                    app.get_upgrade_config().await
+                })
                 .await?;
             Ok(config.into())
         })

@@ -90,7 +90,10 @@ fn refusal(error: &Error) -> Refusal {
             let (code, what_next) = if transient {
                 (Code::Unavailable, "retry with backoff")
             } else {
-                (Code::Internal, "check upstream.api_base and any proxy in front of WeCom")
+                (
+                    Code::Internal,
+                    "check upstream.api_base and any proxy in front of WeCom",
+                )
             };
             Refusal::gateway(
                 code,
@@ -100,9 +103,7 @@ fn refusal(error: &Error) -> Refusal {
             .with("http_status", status)
             .with("endpoint", endpoint)
         }
-        Error::Transport {
-            endpoint, kind, ..
-        } => {
+        Error::Transport { endpoint, kind, .. } => {
             let (reason, what) = match kind {
                 TransportKind::Timeout => ("UPSTREAM_TIMEOUT", "did not answer in time"),
                 TransportKind::Connect => ("UPSTREAM_UNREACHABLE", "could not be reached"),
@@ -127,7 +128,9 @@ fn refusal(error: &Error) -> Refusal {
         Error::BodyTooLarge { endpoint, limit } => Refusal::gateway(
             Code::Internal,
             "UPSTREAM_BODY_TOO_LARGE",
-            format!("WeCom {endpoint} answered a body over {limit} bytes (upstream.max_body_bytes)"),
+            format!(
+                "WeCom {endpoint} answered a body over {limit} bytes (upstream.max_body_bytes)"
+            ),
         )
         .with("endpoint", endpoint)
         .with("limit_bytes", limit),
@@ -378,13 +381,26 @@ mod tests {
     #[test]
     fn validation_names_every_field() {
         let status = invalid_request(vec![
-            FieldViolation { field: "open_kfid".into(), description: "is required".into() },
-            FieldViolation { field: "member.userid".into(), description: "is required".into() },
+            FieldViolation {
+                field: "open_kfid".into(),
+                description: "is required".into(),
+            },
+            FieldViolation {
+                field: "member.userid".into(),
+                description: "is required".into(),
+            },
         ]);
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad = status.get_details_bad_request().unwrap();
-        let fields: Vec<_> = bad.field_violations.iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         assert_eq!(fields, ["open_kfid", "member.userid"]);
-        assert_eq!(status.get_details_error_info().unwrap().reason, "INVALID_REQUEST");
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "INVALID_REQUEST"
+        );
     }
 }

@@ -34,12 +34,22 @@ pub(super) fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/sandbox/requests", get(requests))
         .route("/sandbox/faults", post(add_fault).delete(clear_faults))
         .route("/sandbox/expire-tokens", post(expire_tokens))
+        .route("/sandbox/revoke-tokens", post(revoke_tokens))
         .with_state(sandbox)
 }
 
 /// WeCom's answer shape: HTTP 200 with errcode and errmsg.
 fn answer(errcode: i64, errmsg: &str) -> Response {
     Json(json!({ "errcode": errcode, "errmsg": errmsg })).into_response()
+}
+
+/// A refusal, as WeCom words it: an errcode and its errmsg.
+struct Refused(i64, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        answer(self.0, self.1)
+    }
 }
 
 fn ok(mut fields: Value) -> Response {
@@ -103,13 +113,19 @@ impl Sandbox {
     }
 
     /// WeCom's token check: 41001 without one, 40014 if unknown, 42001 if expired.
-    fn check_token(&self, params: &HashMap<String, String>) -> Result<(), Response> {
+    fn check_token(&self, params: &HashMap<String, String>) -> Result<(), Refused> {
         let Some(token) = params.get("access_token").filter(|t| !t.is_empty()) else {
-            return Err(answer(errcode::MISSING_ACCESS_TOKEN, "access_token missing"));
+            return Err(Refused(
+                errcode::MISSING_ACCESS_TOKEN,
+                "access_token missing",
+            ));
         };
         match self.state().tokens.get(token) {
-            None => Err(answer(errcode::INVALID_ACCESS_TOKEN, "invalid access_token")),
-            Some(expiry) if Instant::now() >= *expiry => Err(answer(
+            None => Err(Refused(
+                errcode::INVALID_ACCESS_TOKEN,
+                "invalid access_token",
+            )),
+            Some(expiry) if Instant::now() >= *expiry => Err(Refused(
                 errcode::ACCESS_TOKEN_EXPIRED,
                 "access_token expired",
             )),
@@ -150,10 +166,10 @@ impl Sandbox {
 }
 
 /// Parses a POST body as WeCom does: 47001 when it is not a JSON object.
-fn json_body(body: &Bytes) -> Result<Value, Response> {
+fn json_body(body: &Bytes) -> Result<Value, Refused> {
     match serde_json::from_slice::<Value>(body) {
         Ok(value) if value.is_object() => Ok(value),
-        _ => Err(answer(errcode::INVALID_JSON, "data format error")),
+        _ => Err(Refused(errcode::INVALID_JSON, "data format error")),
     }
 }
 
@@ -163,11 +179,18 @@ fn recorded_body(body: &Bytes) -> Value {
 }
 
 /// The (open_kfid, external_userid) of a body, with WeCom's errcodes when missing.
-fn customer_of(body: &Value) -> Result<(String, String), Response> {
-    let text = |key| body.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let open_kfid = text("open_kfid").ok_or_else(|| answer(errcode::INVALID_OPEN_KFID, "invalid open_kfid"))?;
-    let external_userid = text("external_userid")
-        .ok_or_else(|| answer(errcode::INVALID_EXTERNAL_USERID, "invalid external_userid"))?;
+fn customer_of(body: &Value) -> Result<(String, String), Refused> {
+    let text = |key| {
+        body.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let open_kfid =
+        text("open_kfid").ok_or(Refused(errcode::INVALID_OPEN_KFID, "invalid open_kfid"))?;
+    let external_userid = text("external_userid").ok_or(Refused(
+        errcode::INVALID_EXTERNAL_USERID,
+        "invalid external_userid",
+    ))?;
     Ok((open_kfid.to_owned(), external_userid.to_owned()))
 }
 
@@ -176,7 +199,12 @@ fn customer_of(body: &Value) -> Result<(String, String), Response> {
 async fn gettoken(State(sandbox): State<Arc<Sandbox>>, Query(params): Params) -> Response {
     let path = Endpoint::GetToken.path();
     // The secret is not recorded: the sandbox's requests are shown to anyone.
-    sandbox.record("GET", path, &params, json!({ "corpid": params.get("corpid") }));
+    sandbox.record(
+        "GET",
+        path,
+        &params,
+        json!({ "corpid": params.get("corpid") }),
+    );
     sandbox.state().gettoken_calls += 1;
     if let Some(fault) = sandbox.scripted(path).await {
         return fault;
@@ -184,14 +212,17 @@ async fn gettoken(State(sandbox): State<Arc<Sandbox>>, Query(params): Params) ->
     sandbox.issue_token(&params)
 }
 
-async fn get_upgrade_config(State(sandbox): State<Arc<Sandbox>>, Query(params): Params) -> Response {
+async fn get_upgrade_config(
+    State(sandbox): State<Arc<Sandbox>>,
+    Query(params): Params,
+) -> Response {
     let path = Endpoint::GetUpgradeConfig.path();
     sandbox.record("GET", path, &params, Value::Null);
     if let Some(fault) = sandbox.scripted(path).await {
         return fault;
     }
     if let Err(refused) = sandbox.check_token(&params) {
-        return refused;
+        return refused.into_response();
     }
     let config = sandbox.config();
     ok(json!({
@@ -226,14 +257,17 @@ async fn upgrade_service(
         let configured = match body.get("type").and_then(Value::as_i64) {
             Some(1) => target("member", "userid")
                 .map(|userid| config.member_userids.contains(&userid))
-                .ok_or_else(|| answer(errcode::INVALID_PARAMETER, "member.userid missing"))?,
+                .ok_or(Refused(errcode::INVALID_PARAMETER, "member.userid missing"))?,
             Some(2) => target("groupchat", "chat_id")
                 .map(|chat_id| config.group_chat_ids.contains(&chat_id))
-                .ok_or_else(|| answer(errcode::INVALID_PARAMETER, "groupchat.chat_id missing"))?,
-            _ => return Err(answer(errcode::INVALID_PARAMETER, "invalid type")),
+                .ok_or(Refused(
+                    errcode::INVALID_PARAMETER,
+                    "groupchat.chat_id missing",
+                ))?,
+            _ => return Err(Refused(errcode::INVALID_PARAMETER, "invalid type")),
         };
         if !configured {
-            return Err(answer(
+            return Err(Refused(
                 errcode::NOT_CONFIGURED_FOR_UPGRADE,
                 "userid or chat_id not configured in upgrade service",
             ));
@@ -245,7 +279,7 @@ async fn upgrade_service(
             sandbox.state().recommendations.insert(customer, body);
             ok(json!({}))
         }
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -267,7 +301,7 @@ async fn cancel_upgrade(
             sandbox.state().recommendations.remove(&customer);
             ok(json!({}))
         }
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -299,5 +333,10 @@ async fn clear_faults(State(sandbox): State<Arc<Sandbox>>) -> StatusCode {
 
 async fn expire_tokens(State(sandbox): State<Arc<Sandbox>>) -> StatusCode {
     sandbox.expire_tokens();
+    StatusCode::NO_CONTENT
+}
+
+async fn revoke_tokens(State(sandbox): State<Arc<Sandbox>>) -> StatusCode {
+    sandbox.revoke_tokens();
     StatusCode::NO_CONTENT
 }

@@ -12,7 +12,7 @@
 //!
 //! Control routes (`/sandbox/...`): `GET state` (recommendations, gettoken count),
 //! `GET requests` (every WeCom request received, secrets redacted), `POST faults`
-//! and `DELETE faults` (scripted answers), `POST expire-tokens`.
+//! and `DELETE faults` (scripted answers), `POST expire-tokens`, `POST revoke-tokens`.
 
 mod handlers;
 
@@ -169,7 +169,10 @@ impl Sandbox {
 
     /// The requests received for one path.
     pub fn requests_to(&self, path: &str) -> Vec<RecordedRequest> {
-        self.requests().into_iter().filter(|r| r.path == path).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
     }
 
     /// How many `gettoken` calls were received.
@@ -189,6 +192,12 @@ impl Sandbox {
         for expiry in self.state().tokens.values_mut() {
             *expiry = now;
         }
+    }
+
+    /// Forgets every issued token, so that using one answers 40014, as after a
+    /// secret reset in the admin console.
+    pub fn revoke_tokens(&self) {
+        self.state().tokens.clear();
     }
 
     /// Serves the sandbox on `listener` until `shutdown` completes.

@@ -203,20 +203,27 @@ mod tests {
         let cfg = config(body).unwrap();
         assert_eq!(cfg.member_userids, ["zhangsan", "lisi"]);
         assert_eq!(cfg.member_department_ids, [2, 3]);
-        assert_eq!(cfg.group_chat_ids, ["wraaaaaaaaaaaaaaaa", "wrbbbbbbbbbbbbbbb"]);
+        assert_eq!(
+            cfg.group_chat_ids,
+            ["wraaaaaaaaaaaaaaaa", "wrbbbbbbbbbbbbbbb"]
+        );
     }
 
     #[test]
     fn the_field_tables_department_list_is_read_too() {
         let cfg = config(r#"{"errcode":0,"member_range":{"department_list":[7]}}"#).unwrap();
         assert_eq!(cfg.member_department_ids, [7]);
-        let both = r#"{"errcode":0,"member_range":{"department_id_list":[1,2],"department_list":[2,3]}}"#;
+        let both =
+            r#"{"errcode":0,"member_range":{"department_id_list":[1,2],"department_list":[2,3]}}"#;
         assert_eq!(config(both).unwrap().member_department_ids, [1, 2, 3]);
     }
 
     #[test]
     fn missing_and_null_ranges_are_empty() {
-        assert_eq!(config(r#"{"errcode":0}"#).unwrap(), UpgradeConfig::default());
+        assert_eq!(
+            config(r#"{"errcode":0}"#).unwrap(),
+            UpgradeConfig::default()
+        );
         let nulls = r#"{"errcode":0,"member_range":null,"groupchat_range":{"chat_id_list":null}}"#;
         assert_eq!(config(nulls).unwrap(), UpgradeConfig::default());
     }
@@ -224,7 +231,9 @@ mod tests {
     #[test]
     fn a_nonzero_errcode_keeps_code_and_message() {
         match config(r#"{"errcode":95021,"errmsg":"not configured"}"#) {
-            Err(Error::Api { errcode, errmsg, .. }) => {
+            Err(Error::Api {
+                errcode, errmsg, ..
+            }) => {
                 assert_eq!(errcode, 95021);
                 assert_eq!(errmsg, "not configured");
             }
@@ -305,7 +314,8 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
             "[a-z0-9]{0,8}".prop_map(Value::from),
         ];
         let tree = leaf.prop_recursive(4, 32, 4, |inner| {
@@ -313,11 +323,16 @@ mod tests {
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
                 proptest::collection::btree_map(
                     prop_oneof![
-                        Just("errcode".to_owned()), Just("errmsg".to_owned()),
-                        Just("member_range".to_owned()), Just("userid_list".to_owned()),
-                        Just("department_id_list".to_owned()), Just("department_list".to_owned()),
-                        Just("groupchat_range".to_owned()), Just("chat_id_list".to_owned()),
-                        Just("access_token".to_owned()), Just("expires_in".to_owned()),
+                        Just("errcode".to_owned()),
+                        Just("errmsg".to_owned()),
+                        Just("member_range".to_owned()),
+                        Just("userid_list".to_owned()),
+                        Just("department_id_list".to_owned()),
+                        Just("department_list".to_owned()),
+                        Just("groupchat_range".to_owned()),
+                        Just("chat_id_list".to_owned()),
+                        Just("access_token".to_owned()),
+                        Just("expires_in".to_owned()),
                     ],
                     inner,
                     0..6,
@@ -325,14 +340,16 @@ mod tests {
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         });
-        (prop_oneof![Just(Value::from(0)), any::<i64>().prop_map(Value::from)], tree).prop_map(
-            |(code, tree)| match tree {
+        (
+            prop_oneof![Just(Value::from(0)), any::<i64>().prop_map(Value::from)],
+            tree,
+        )
+            .prop_map(|(code, tree)| match tree {
                 Value::Object(mut m) => {
                     m.entry("errcode").or_insert(code);
                     Value::Object(m)
                 }
                 other => other,
-            },
-        )
+            })
     }
 }

@@ -104,7 +104,11 @@ impl AppClient {
             }
             if error.is_transient() && retries < self.upstream.max_retries {
                 retries += 1;
-                let wait = backoff(self.upstream.retry_backoff(), retries, self.upstream.call_timeout());
+                let wait = backoff(
+                    self.upstream.retry_backoff(),
+                    retries,
+                    self.upstream.call_timeout(),
+                );
                 tracing::debug!(app = %self.name, %endpoint, %error, retries, wait_ms = wait.as_millis() as u64, "retrying");
                 tokio::time::sleep(wait).await;
                 continue;
@@ -136,9 +140,15 @@ impl Apps {
             .apps
             .iter()
             .map(|(name, app)| {
-                let transport = Transport::new(http.clone(), &app.api_base, upstream.max_body_bytes);
-                let source = GetToken::new(app.corp_id.clone(), app.secret.clone(), transport.clone());
-                let tokens = Arc::new(TokenCache::new(name.clone(), Arc::new(source), settings.token.clone()));
+                let transport =
+                    Transport::new(http.clone(), &app.api_base, upstream.max_body_bytes);
+                let source =
+                    GetToken::new(app.corp_id.clone(), app.secret.clone(), transport.clone());
+                let tokens = Arc::new(TokenCache::new(
+                    name.clone(),
+                    Arc::new(source),
+                    settings.token.clone(),
+                ));
                 let client = AppClient::new(name.clone(), transport, tokens, upstream.clone());
                 (name.clone(), Arc::new(client))
             })

@@ -9,8 +9,8 @@ mod api;
 mod client;
 pub mod errcode;
 mod error;
-mod transport;
 mod token;
+mod transport;
 
 pub use api::decode;
 pub use client::{AppClient, Apps};
@@ -23,7 +23,9 @@ use std::time::Duration;
 /// Exponential backoff with jitter: attempt 1 waits between `base / 2` and `base`,
 /// each later attempt up to twice as long, never more than `max`.
 pub(crate) fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX);
     let ceiling = base.saturating_mul(factor).min(max);
     // Jitter spreads the retries of many callers so they do not arrive together.
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)

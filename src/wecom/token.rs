@@ -24,9 +24,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::{
-    Endpoint, Error, Transport, api::TokenAnswer, backoff, transport::Call,
-};
+use super::{Endpoint, Error, Transport, api::TokenAnswer, backoff, transport::Call};
 use crate::config::TokenSettings;
 
 /// An access token. Its `Debug` is redacted and it has no `Display`, so it cannot
@@ -178,7 +176,11 @@ impl fmt::Debug for TokenCache {
 
 impl TokenCache {
     /// A cold cache for `app`.
-    pub fn new(app: impl Into<String>, source: Arc<dyn TokenSource>, settings: TokenSettings) -> Self {
+    pub fn new(
+        app: impl Into<String>,
+        source: Arc<dyn TokenSource>,
+        settings: TokenSettings,
+    ) -> Self {
         Self {
             app: app.into(),
             source,
@@ -265,7 +267,8 @@ impl TokenCache {
         match result {
             Ok(issued) => {
                 let lifetime = issued.expires_in;
-                let margin = Duration::from_secs(self.settings.expiry_margin_secs).min(lifetime / 10);
+                let margin =
+                    Duration::from_secs(self.settings.expiry_margin_secs).min(lifetime / 10);
                 let ahead = Duration::from_secs(self.settings.refresh_ahead_secs).min(lifetime / 4);
                 let expires_at = now + lifetime - margin;
                 state.current = Some(Cached {
@@ -437,11 +440,19 @@ mod tests {
         cache.get().await.unwrap();
         // Expiry at 3600 - 30 s, refresh due 300 s before that.
         tokio::time::advance(Duration::from_secs(3600 - 30 - 299)).await;
-        assert_eq!(cache.get().await.unwrap().expose(), "token-1", "served at once");
+        assert_eq!(
+            cache.get().await.unwrap().expose(),
+            "token-1",
+            "served at once"
+        );
         assert_eq!(cache.get().await.unwrap().expose(), "token-1");
         tokio::time::sleep(Duration::from_millis(100)).await; // the refresh's fetch takes 50 ms
         assert_eq!(cache.get().await.unwrap().expose(), "token-2");
-        assert_eq!(source.calls(), 2, "one background refresh for all those calls");
+        assert_eq!(
+            source.calls(),
+            2,
+            "one background refresh for all those calls"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -495,7 +506,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3600 - 30 - 100)).await;
         assert_eq!(cache.get().await.unwrap().expose(), "token-1");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(cache.get().await.unwrap().expose(), "token-1", "still valid, still served");
+        assert_eq!(
+            cache.get().await.unwrap().expose(),
+            "token-1",
+            "still valid, still served"
+        );
         assert_eq!(source.calls(), 2);
     }
 

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real server on port 0, called through the generated
+//! tonic client, against the sandbox or a scripted fake upstream.
+
+mod errors;
+mod helpers;
+mod lifecycle;
+mod token;
+mod upgrade;
+mod validation;
