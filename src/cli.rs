@@ -65,7 +65,7 @@ struct SandboxArgs {
     #[arg(long, default_value = "127.0.0.1:9465")]
     listen: SocketAddr,
     /// Lifetime of issued access tokens, seconds (WeCom: 7200).
-    #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     token_ttl_secs: u64,
 }
 

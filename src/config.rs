@@ -547,47 +547,84 @@ fn validate_api_base(base: String, key: &str) -> Result<String, ConfigError> {
     }
 }
 
-fn positive(value: u64, key: &str) -> Result<(), ConfigError> {
-    if value == 0 {
-        Err(ConfigError::new(key, "must be greater than 0"))
-    } else {
+/// Longest duration any knob accepts: an hour in milliseconds, a day in seconds.
+/// Longer values are mistakes, and would overflow clock arithmetic.
+const MAX_MS: u64 = 3_600_000;
+const MAX_SECS: u64 = 86_400;
+
+fn in_range(value: u64, min: u64, max: u64, key: &str) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
         Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("is {value}; it must be between {min} and {max}"),
+        ))
     }
 }
 
 fn validate_upstream(u: &UpstreamSettings) -> Result<(), ConfigError> {
-    positive(u.connect_timeout_ms, "upstream.connect_timeout_ms")?;
-    positive(u.request_timeout_ms, "upstream.request_timeout_ms")?;
-    positive(u.call_timeout_ms, "upstream.call_timeout_ms")?;
-    positive(u.max_body_bytes as u64, "upstream.max_body_bytes")?;
-    if u.max_retries > 10 {
-        return Err(ConfigError::new(
-            "upstream.max_retries",
-            "must be at most 10 (WeCom advises at most 3)",
-        ));
-    }
-    Ok(())
+    in_range(
+        u.connect_timeout_ms,
+        1,
+        MAX_MS,
+        "upstream.connect_timeout_ms",
+    )?;
+    in_range(
+        u.request_timeout_ms,
+        1,
+        MAX_MS,
+        "upstream.request_timeout_ms",
+    )?;
+    in_range(u.call_timeout_ms, 1, MAX_MS, "upstream.call_timeout_ms")?;
+    in_range(u.retry_backoff_ms, 0, MAX_MS, "upstream.retry_backoff_ms")?;
+    // WeCom advises at most 3 retries after -1.
+    in_range(u.max_retries.into(), 0, 10, "upstream.max_retries")?;
+    in_range(
+        u.max_body_bytes as u64,
+        1024,
+        64 << 20,
+        "upstream.max_body_bytes",
+    )
 }
 
 fn validate_token(t: &TokenSettings) -> Result<(), ConfigError> {
-    positive(t.failure_backoff_ms, "token.failure_backoff_ms")?;
-    if t.failure_backoff_max_ms < t.failure_backoff_ms {
-        return Err(ConfigError::new(
-            "token.failure_backoff_max_ms",
-            "must be at least token.failure_backoff_ms",
-        ));
-    }
-    Ok(())
+    in_range(
+        t.refresh_ahead_secs,
+        0,
+        MAX_SECS,
+        "token.refresh_ahead_secs",
+    )?;
+    in_range(
+        t.expiry_margin_secs,
+        0,
+        MAX_SECS,
+        "token.expiry_margin_secs",
+    )?;
+    in_range(
+        t.credential_cooldown_secs,
+        0,
+        MAX_SECS,
+        "token.credential_cooldown_secs",
+    )?;
+    in_range(t.failure_backoff_ms, 1, MAX_MS, "token.failure_backoff_ms")?;
+    in_range(
+        t.failure_backoff_max_ms,
+        t.failure_backoff_ms,
+        MAX_MS,
+        "token.failure_backoff_max_ms",
+    )
 }
 
 fn validate_server(s: &ServerSettings) -> Result<(), ConfigError> {
-    if s.max_decode_message_bytes < 1024 {
-        return Err(ConfigError::new(
-            "server.max_decode_message_bytes",
-            "must be at least 1024",
-        ));
-    }
-    Ok(())
+    in_range(
+        s.max_decode_message_bytes as u64,
+        1024,
+        64 << 20,
+        "server.max_decode_message_bytes",
+    )?;
+    in_range(s.drain_delay_ms, 0, MAX_MS, "server.drain_delay_ms")?;
+    in_range(s.shutdown_grace_ms, 0, MAX_MS, "server.shutdown_grace_ms")
 }
 
 #[cfg(test)]
@@ -715,6 +752,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "upstream.call_timeout_ms");
+    }
+
+    #[test]
+    fn durations_that_would_overflow_the_clock_are_rejected() {
+        let err = from_toml(
+            "[token]\ncredential_cooldown_secs = 18446744073709551615\n",
+            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "token.credential_cooldown_secs");
     }
 
     #[test]

@@ -163,7 +163,8 @@ impl Apps {
     pub fn get(&self, name: Option<&str>) -> Result<&Arc<AppClient>, Error> {
         let name = name.unwrap_or(&self.default_app);
         self.apps.get(name).ok_or_else(|| Error::UnknownApp {
-            requested: name.to_owned(),
+            // Echoed to the caller and the log: bounded, whatever the caller sent.
+            requested: name.chars().take(64).collect(),
             configured: self.apps.keys().cloned().collect(),
         })
     }

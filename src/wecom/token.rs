@@ -122,6 +122,9 @@ impl TokenSource for GetToken {
 
 // === impl TokenCache ===
 
+/// Longest lifetime believed from a token source.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// One app's token, shared by all of its calls.
 pub struct TokenCache {
     app: String,
@@ -266,7 +269,9 @@ impl TokenCache {
         let state = &mut *guard;
         match result {
             Ok(issued) => {
-                let lifetime = issued.expires_in;
+                // WeCom says 7200 s; a larger figure is a broken upstream, and an
+                // enormous one would overflow the clock.
+                let lifetime = issued.expires_in.min(MAX_TOKEN_LIFETIME);
                 let margin =
                     Duration::from_secs(self.settings.expiry_margin_secs).min(lifetime / 10);
                 let ahead = Duration::from_secs(self.settings.refresh_ahead_secs).min(lifetime / 4);
@@ -512,6 +517,14 @@ mod tests {
             "still valid, still served"
         );
         assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_expires_in_is_capped_not_overflowed() {
+        let source = Scripted::new(Duration::from_secs(u64::MAX));
+        let cache = cache(source.clone());
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        assert!(cache.remaining().unwrap() <= MAX_TOKEN_LIFETIME);
     }
 
     #[test]
