@@ -5,13 +5,12 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    Endpoint, Error, GetToken, TokenCache, Transport,
+    Endpoint, Error, GetToken, Retry, TokenCache, Transport,
     api::{CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
-    backoff,
     transport::Call,
 };
 use crate::{
-    config::{Settings, UpstreamSettings},
+    config::Settings,
     domain::{Customer, Upgrade, UpgradeConfig},
 };
 
@@ -21,7 +20,7 @@ pub struct AppClient {
     name: String,
     transport: Transport,
     tokens: Arc<TokenCache>,
-    upstream: UpstreamSettings,
+    retry: Retry,
 }
 
 impl AppClient {
@@ -30,24 +29,19 @@ impl AppClient {
         name: impl Into<String>,
         transport: Transport,
         tokens: Arc<TokenCache>,
-        upstream: UpstreamSettings,
+        retry: Retry,
     ) -> Self {
         Self {
             name: name.into(),
             transport,
             tokens,
-            upstream,
+            retry,
         }
     }
 
     /// The app's configured name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The app's token cache.
-    pub fn tokens(&self) -> &Arc<TokenCache> {
-        &self.tokens
     }
 
     /// 获取配置的专员与客户群.
@@ -102,15 +96,8 @@ impl AppClient {
                 tracing::debug!(app = %self.name, %endpoint, errcode = error.errcode(), "retrying with a fresh token");
                 continue;
             }
-            if error.is_transient() && retries < self.upstream.max_retries {
-                retries += 1;
-                let wait = backoff(
-                    self.upstream.retry_backoff(),
-                    retries,
-                    self.upstream.call_timeout(),
-                );
-                tracing::debug!(app = %self.name, %endpoint, %error, retries, wait_ms = wait.as_millis() as u64, "retrying");
-                tokio::time::sleep(wait).await;
+            retries += 1;
+            if self.retry.pause_before(retries, &error).await {
                 continue;
             }
             return Err(error);
@@ -135,6 +122,7 @@ impl Apps {
     /// One [`AppClient`] per configured app, sharing one HTTP connection pool.
     pub fn from_settings(settings: &Settings) -> Result<Self, reqwest::Error> {
         let upstream = &settings.upstream;
+        let retry = Retry::from_settings(upstream);
         let http = Transport::client(upstream.connect_timeout(), upstream.request_timeout())?;
         let apps = settings
             .apps
@@ -148,8 +136,9 @@ impl Apps {
                     name.clone(),
                     Arc::new(source),
                     settings.token.clone(),
+                    retry,
                 ));
-                let client = AppClient::new(name.clone(), transport, tokens, upstream.clone());
+                let client = AppClient::new(name.clone(), transport, tokens, retry);
                 (name.clone(), Arc::new(client))
             })
             .collect();
@@ -167,10 +156,5 @@ impl Apps {
             requested: name.chars().take(64).collect(),
             configured: self.apps.keys().cloned().collect(),
         })
-    }
-
-    /// All apps.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<AppClient>> {
-        self.apps.values()
     }
 }

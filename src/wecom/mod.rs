@@ -20,6 +20,41 @@ pub(crate) use transport::Transport;
 
 use std::time::Duration;
 
+/// How transient failures (errcode -1, HTTP 5xx, transport errors) are retried:
+/// at most `max_retries` times, waiting a jittered, doubling delay from `backoff`
+/// up to `ceiling`.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// The first delay.
+    pub backoff: Duration,
+    /// The longest delay.
+    pub ceiling: Duration,
+}
+
+impl Retry {
+    /// The policy `upstream` configures.
+    pub fn from_settings(upstream: &crate::config::UpstreamSettings) -> Self {
+        Self {
+            max_retries: upstream.max_retries,
+            backoff: upstream.retry_backoff(),
+            ceiling: upstream.call_timeout(),
+        }
+    }
+
+    /// Waits before retry number `retry` (1-based) and says whether to retry at all.
+    pub(crate) async fn pause_before(&self, retry: u32, error: &Error) -> bool {
+        if !error.is_transient() || retry > self.max_retries {
+            return false;
+        }
+        let wait = backoff(self.backoff, retry, self.ceiling);
+        tracing::debug!(%error, retry, wait_ms = wait.as_millis() as u64, "retrying after a transient error");
+        tokio::time::sleep(wait).await;
+        true
+    }
+}
+
 /// Exponential backoff with jitter: attempt 1 waits between `base / 2` and `base`,
 /// each later attempt up to twice as long, never more than `max`.
 pub(crate) fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::{Endpoint, Error, Transport, api::TokenAnswer, backoff, transport::Call};
+use super::{Endpoint, Error, Retry, Transport, api::TokenAnswer, backoff, transport::Call};
 use crate::config::TokenSettings;
 
 /// An access token. Its `Debug` is redacted and it has no `Display`, so it cannot
@@ -130,6 +130,7 @@ pub struct TokenCache {
     app: String,
     source: Arc<dyn TokenSource>,
     settings: TokenSettings,
+    retry: Retry,
     /// Guarded by a plain mutex: it is held for a few instructions, never across an await.
     state: Mutex<State>,
     /// Held while a fetch runs: the single flight.
@@ -178,16 +179,19 @@ impl fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// A cold cache for `app`.
+    /// A cold cache for `app`. Transient `gettoken` failures are retried inside the
+    /// single flight, by `retry`, before callers see them.
     pub fn new(
         app: impl Into<String>,
         source: Arc<dyn TokenSource>,
         settings: TokenSettings,
+        retry: Retry,
     ) -> Self {
         Self {
             app: app.into(),
             source,
             settings,
+            retry,
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
@@ -213,8 +217,24 @@ impl TokenCache {
             Lookup::Held(error) => return Err(error),
             Lookup::Missing => {}
         }
-        let result = self.source.fetch().await;
+        let result = self.fetch().await;
         self.record(result, false)
+    }
+
+    /// One fetch, with bounded retries of transient failures.
+    async fn fetch(&self) -> Result<IssuedToken, Error> {
+        let mut retries = 0;
+        loop {
+            match self.source.fetch().await {
+                Err(error) => {
+                    retries += 1;
+                    if !self.retry.pause_before(retries, &error).await {
+                        return Err(error);
+                    }
+                }
+                issued => return issued,
+            }
+        }
     }
 
     /// Drops the cached token if it is still `failed`: WeCom refused it. A token
@@ -335,7 +355,7 @@ impl TokenCache {
                 let _flight = cache.fetching.lock().await;
                 // A caller may have fetched a new token while we waited for the lock.
                 if matches!(cache.lookup(), Lookup::RefreshDue(_)) {
-                    let result = cache.source.fetch().await;
+                    let result = cache.fetch().await;
                     // The outcome is in the cache (or in the log); nobody awaits it here.
                     let _ = cache.record(result, true);
                 }
@@ -356,7 +376,8 @@ mod tests {
         calls: AtomicUsize,
         delay: Duration,
         expires_in: Duration,
-        fail_with: Mutex<Option<Error>>,
+        /// Fail this many of the next fetches with this error.
+        failures: Mutex<Option<(Error, usize)>>,
     }
 
     impl Scripted {
@@ -365,14 +386,14 @@ mod tests {
                 calls: AtomicUsize::new(0),
                 delay: Duration::from_millis(50),
                 expires_in,
-                fail_with: Mutex::new(None),
+                failures: Mutex::new(None),
             })
         }
         fn calls(&self) -> usize {
             self.calls.load(Ordering::SeqCst)
         }
-        fn fail_with(&self, error: Option<Error>) {
-            *self.fail_with.lock().unwrap() = error;
+        fn fail_next(&self, times: usize, errcode: i64) {
+            *self.failures.lock().unwrap() = Some((api_error(Endpoint::GetToken, errcode), times));
         }
     }
 
@@ -381,8 +402,11 @@ mod tests {
         async fn fetch(&self) -> Result<IssuedToken, Error> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(self.delay).await;
-            if let Some(error) = self.fail_with.lock().unwrap().clone() {
-                return Err(error);
+            if let Some((error, times)) = self.failures.lock().unwrap().as_mut()
+                && *times > 0
+            {
+                *times -= 1;
+                return Err(error.clone());
             }
             Ok(IssuedToken {
                 token: AccessToken::new(format!("token-{n}")),
@@ -391,8 +415,19 @@ mod tests {
         }
     }
 
+    const RETRY: Retry = Retry {
+        max_retries: 2,
+        backoff: Duration::from_millis(100),
+        ceiling: Duration::from_secs(1),
+    };
+
     fn cache(source: Arc<Scripted>) -> Arc<TokenCache> {
-        Arc::new(TokenCache::new("test", source, TokenSettings::default()))
+        Arc::new(TokenCache::new(
+            "test",
+            source,
+            TokenSettings::default(),
+            RETRY,
+        ))
     }
 
     fn api_error(endpoint: Endpoint, errcode: i64) -> Error {
@@ -477,29 +512,55 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rejected_credentials_are_held_for_the_cool_down() {
         let source = Scripted::new(HOUR);
-        source.fail_with(Some(api_error(Endpoint::GetToken, 40001)));
+        source.fail_next(usize::MAX, 40001);
         let cache = cache(source.clone());
         for _ in 0..20 {
             let error = cache.get().await.unwrap_err();
             assert!(error.is_credential_rejection());
         }
-        assert_eq!(source.calls(), 1, "one gettoken for twenty callers");
-        source.fail_with(None);
+        assert_eq!(
+            source.calls(),
+            1,
+            "one gettoken for twenty callers, not retried"
+        );
+        source.fail_next(0, 40001);
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(cache.get().await.unwrap().expose(), "token-2");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn transient_failures_back_off_before_the_next_fetch() {
+    async fn a_transient_failure_is_retried_inside_the_single_flight() {
         let source = Scripted::new(HOUR);
-        source.fail_with(Some(api_error(Endpoint::GetToken, -1)));
+        source.fail_next(1, -1);
+        let cache = cache(source.clone());
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap().expose(), "token-2");
+        }
+        assert_eq!(
+            source.calls(),
+            2,
+            "one failure, one retry, for twenty callers"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn persistent_transient_failures_are_held_then_tried_again() {
+        let source = Scripted::new(HOUR);
+        source.fail_next(usize::MAX, -1);
         let cache = cache(source.clone());
         assert!(cache.get().await.is_err());
+        assert_eq!(source.calls(), 3, "the fetch and its two retries");
         assert!(cache.get().await.is_err());
-        assert_eq!(source.calls(), 1, "the second caller got the held error");
-        tokio::time::advance(Duration::from_millis(600)).await; // first backoff is at most 500 ms
+        assert_eq!(source.calls(), 3, "the next caller got the held error");
+        tokio::time::advance(Duration::from_millis(600)).await; // the first hold is at most 500 ms
         assert!(cache.get().await.is_err());
-        assert_eq!(source.calls(), 2);
+        assert_eq!(source.calls(), 6);
     }
 
     #[tokio::test(start_paused = true)]
@@ -507,16 +568,20 @@ mod tests {
         let source = Scripted::new(HOUR);
         let cache = cache(source.clone());
         cache.get().await.unwrap();
-        source.fail_with(Some(api_error(Endpoint::GetToken, -1)));
+        source.fail_next(usize::MAX, -1);
         tokio::time::advance(Duration::from_secs(3600 - 30 - 100)).await;
         assert_eq!(cache.get().await.unwrap().expose(), "token-1");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await; // the refresh and its retries end
         assert_eq!(
             cache.get().await.unwrap().expose(),
             "token-1",
             "still valid, still served"
         );
-        assert_eq!(source.calls(), 2);
+        assert_eq!(
+            source.calls(),
+            4,
+            "the first fetch, then one refresh with two retries"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -192,3 +192,24 @@ async fn apps_have_separate_token_caches() {
     // Same corp and secret, but each app fetches its own token, once.
     assert_eq!(app.sandbox.gettoken_calls(), 2);
 }
+
+#[tokio::test]
+async fn a_busy_gettoken_is_retried_once_inside_the_single_flight() {
+    let app = spawn_app().await;
+    app.fault(
+        Endpoint::GetToken,
+        Fault {
+            errcode: Some(-1),
+            ..Fault::default()
+        },
+    );
+
+    let results = concurrent_config_calls(&app, 20).await;
+
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(
+        app.sandbox.gettoken_calls(),
+        2,
+        "the busy answer and one retry"
+    );
+}
