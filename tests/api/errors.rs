@@ -6,11 +6,8 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
 use wecom_kf_upgrade::{
-    grpc::{
-        pb,
-        status::{
-            CONCURRENCY_LIMIT_RETRY_DELAY, GATEWAY_DOMAIN, RATE_LIMIT_RETRY_DELAY, WECOM_DOMAIN,
-        },
+    grpc::status::{
+        CONCURRENCY_LIMIT_RETRY_DELAY, GATEWAY_DOMAIN, RATE_LIMIT_RETRY_DELAY, WECOM_DOMAIN,
     },
     sandbox::Fault,
     wecom::Endpoint,
@@ -174,11 +171,7 @@ async fn an_html_502_page_is_unavailable_after_retries() {
             ..Fault::default()
         },
     );
-    let status = app
-        .client
-        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
-        .await
-        .unwrap_err();
+    let status = app.get_config().await.unwrap_err();
     let metadata = assert_status(&status, Code::Unavailable, "UPSTREAM_HTTP_ERROR");
     assert_eq!(metadata["http_status"], "502");
     assert!(!metadata.contains_key("errcode"), "WeCom gave no errcode");
@@ -199,10 +192,7 @@ async fn a_503_that_recovers_is_absorbed_by_a_retry() {
             ..Fault::default()
         },
     );
-    app.client
-        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
-        .await
-        .unwrap();
+    app.get_config().await.unwrap();
 }
 
 #[tokio::test]
@@ -216,11 +206,7 @@ async fn a_404_is_internal_and_not_retried() {
             ..Fault::default()
         },
     );
-    let status = app
-        .client
-        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
-        .await
-        .unwrap_err();
+    let status = app.get_config().await.unwrap_err();
     assert_status(&status, Code::Internal, "UPSTREAM_HTTP_ERROR");
     assert_eq!(app.calls_to(Endpoint::GetUpgradeConfig), 1);
 }
@@ -235,10 +221,7 @@ async fn config_answering(body: &str) -> tonic::Status {
             ..Fault::default()
         },
     );
-    app.client
-        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
-        .await
-        .unwrap_err()
+    app.get_config().await.unwrap_err()
 }
 
 #[tokio::test]
@@ -277,11 +260,7 @@ async fn a_body_over_the_limit_is_refused_without_reading_it_all() {
             ..Fault::default()
         },
     );
-    let status = app
-        .client
-        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
-        .await
-        .unwrap_err();
+    let status = app.get_config().await.unwrap_err();
     let metadata = assert_status(&status, Code::Internal, "UPSTREAM_BODY_TOO_LARGE");
     assert_eq!(metadata["limit_bytes"], "4096");
 }

@@ -121,6 +121,14 @@ impl TestApp {
         });
     }
 
+    /// GetUpgradeConfig, with no metadata.
+    pub async fn get_config(&mut self) -> Result<pb::GetUpgradeConfigResponse, Status> {
+        self.client
+            .get_upgrade_config(pb::GetUpgradeConfigRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// How many requests the sandbox received for `endpoint`.
     pub fn calls_to(&self, endpoint: Endpoint) -> usize {
         self.sandbox.requests_to(endpoint.path()).len()

@@ -10,12 +10,7 @@ use crate::helpers::*;
 async fn get_upgrade_config_returns_what_wecom_has_configured() {
     let mut app = spawn_app().await;
 
-    let config = app
-        .client
-        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let config = app.get_config().await.unwrap();
 
     let members = config.member_range.unwrap();
     assert_eq!(members.userid_list, ["zhangsan", "lisi"]);
