@@ -132,7 +132,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.grpc), async {
+            .serve_with_incoming_shutdown(incoming(self.grpc), async {
                 let _ = grpc_stopped.await;
             });
         let mut server = tokio::spawn(server);
@@ -189,6 +189,15 @@ impl Application {
         tracing::info!("gateway stopped");
         result
     }
+}
+
+/// Accepted gRPC connections: no Nagle delay (HTTP/2 writes small frames, which
+/// Nagle would hold back until the peer's delayed ACK, some 40 ms), and TCP
+/// keepalive so that connections to vanished peers are noticed and closed.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)))
 }
 
 /// `/healthz`: the process is alive. `/readyz`: it accepts work (not draining).

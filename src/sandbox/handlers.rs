@@ -66,9 +66,9 @@ impl Sandbox {
     fn record(&self, method: &str, path: &str, params: &HashMap<String, String>, body: Value) {
         let mut state = self.state();
         if state.requests.len() >= MAX_RECORDED_REQUESTS {
-            state.requests.remove(0);
+            state.requests.pop_front();
         }
-        state.requests.push(RecordedRequest {
+        state.requests.push_back(RecordedRequest {
             method: method.to_owned(),
             path: path.to_owned(),
             had_access_token: params.contains_key("access_token"),

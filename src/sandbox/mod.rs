@@ -126,7 +126,7 @@ struct State {
     /// The current recommendation per (open_kfid, external_userid): the request body.
     recommendations: BTreeMap<(String, String), Value>,
     faults: VecDeque<Fault>,
-    requests: Vec<RecordedRequest>,
+    requests: VecDeque<RecordedRequest>,
     gettoken_calls: u64,
 }
 
@@ -164,7 +164,7 @@ impl Sandbox {
 
     /// Every WeCom request received so far (the newest 10,000).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state().requests.clone()
+        self.state().requests.iter().cloned().collect()
     }
 
     /// The requests received for one path.
@@ -206,6 +206,13 @@ impl Sandbox {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        // Like WeCom's front ends: answers go out at once, not after a delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, handlers::router(self))
             .with_graceful_shutdown(shutdown)
             .await
