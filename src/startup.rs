@@ -11,12 +11,15 @@ use std::{
 
 use axum::{Router, http::StatusCode, routing::get};
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
 use crate::{
     config::Settings,
-    grpc::{CustomerUpgradeServiceServer, UpgradeGateway, pb},
+    grpc::{self, CustomerUpgradeServiceServer, UpgradeGateway, pb},
     wecom::Apps,
 };
 
@@ -101,8 +104,11 @@ impl Application {
             .set_serving::<CustomerUpgradeServiceServer<UpgradeGateway>>()
             .await;
         let gateway = UpgradeGateway::new(self.apps, self.settings.upstream.call_timeout());
-        let service = CustomerUpgradeServiceServer::new(gateway)
-            .max_decoding_message_size(server_settings.max_decode_message_bytes);
+        let service = InterceptedService::new(
+            CustomerUpgradeServiceServer::new(gateway)
+                .max_decoding_message_size(server_settings.max_decode_message_bytes),
+            grpc::stamp_arrival,
+        );
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -4,13 +4,18 @@ mod convert;
 mod deadline;
 pub mod status;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
 
 use crate::{
-    domain::{Customer, Upgrade},
+    domain::{Customer, Upgrade, UpgradeTarget},
     wecom::{self, AppClient, Apps},
 };
 
@@ -31,9 +36,62 @@ pub use pb::customer_upgrade_service_server::{
 /// The metadata key that picks a configured app.
 pub const APP_METADATA_KEY: &str = "x-wecom-app";
 
-/// Answers are computed this much before the caller's deadline, so the caller
-/// gets the gateway's DEADLINE_EXCEEDED (with details) rather than a bare cancel.
+/// Answers are computed at least this much before the caller's deadline, so the
+/// caller gets the gateway's DEADLINE_EXCEEDED (with details) rather than the bare
+/// CANCELLED tonic sends when the deadline passes first.
 const DEADLINE_HEADROOM: Duration = Duration::from_millis(20);
+
+/// When a call arrived: the caller's deadline counts from here.
+#[derive(Debug, Clone, Copy)]
+struct Arrival(Instant);
+
+/// Interceptor for [`CustomerUpgradeServiceServer`]: stamps each call's arrival
+/// before its message is decoded.
+pub fn stamp_arrival(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.extensions_mut().insert(Arrival(Instant::now()));
+    Ok(request)
+}
+
+/// What the edge knows of a call besides its message.
+struct CallContext {
+    metadata: MetadataMap,
+    arrival: Instant,
+    peer: Option<SocketAddr>,
+}
+
+impl CallContext {
+    fn split<T>(request: Request<T>) -> (Self, T) {
+        let peer = request.remote_addr();
+        let (metadata, extensions, message) = request.into_parts();
+        let arrival = extensions
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |arrival| arrival.0);
+        let context = CallContext {
+            metadata,
+            arrival,
+            peer,
+        };
+        (context, message)
+    }
+
+    /// The app the caller asked for, if any.
+    fn requested_app(&self) -> Result<Option<&str>, Status> {
+        match self.metadata.get(APP_METADATA_KEY) {
+            None => Ok(None),
+            Some(value) => value
+                .to_str()
+                .map(Some)
+                .map_err(|_| status::invalid_metadata(APP_METADATA_KEY, "must be printable ASCII")),
+        }
+    }
+
+    /// Time left before the caller's deadline, less the headroom.
+    fn caller_budget(&self) -> Option<Duration> {
+        let timeout = deadline::caller_timeout(&self.metadata)?;
+        let headroom = DEADLINE_HEADROOM.max(timeout / 20);
+        Some(timeout.saturating_sub(self.arrival.elapsed() + headroom))
+    }
+}
 
 /// `wecom.kf.v1.CustomerUpgradeService` over the WeCom adapter.
 #[derive(Debug, Clone)]
@@ -50,25 +108,18 @@ impl UpgradeGateway {
 
     /// Picks the app, then runs `call` within the time left: the gateway's call
     /// timeout or the caller's deadline, whichever is sooner.
-    async fn with_app<T, F, Fut>(&self, metadata: &MetadataMap, call: F) -> Result<T, Status>
+    async fn with_app<T, F, Fut>(&self, context: &CallContext, call: F) -> Result<T, Status>
     where
         F: FnOnce(Arc<AppClient>) -> Fut,
         Fut: Future<Output = Result<T, wecom::Error>>,
     {
-        let requested = match metadata.get(APP_METADATA_KEY) {
-            None => None,
-            Some(value) => Some(value.to_str().map_err(|_| {
-                status::invalid_metadata(APP_METADATA_KEY, "must be printable ASCII")
-            })?),
-        };
         let app = self
             .apps
-            .get(requested)
+            .get(context.requested_app()?)
             .map_err(|e| status::from_wecom(&e))?;
         tracing::Span::current().record("wecom.app", app.name());
 
-        let caller =
-            deadline::caller_timeout(metadata).map(|t| t.saturating_sub(DEADLINE_HEADROOM));
+        let caller = context.caller_budget();
         let budget = caller.map_or(self.call_timeout, |c| c.min(self.call_timeout));
         match tokio::time::timeout(budget, call(Arc::clone(app))).await {
             Ok(result) => result.map_err(|error| {
@@ -84,6 +135,36 @@ impl UpgradeGateway {
                 timeout_ms: self.call_timeout.as_millis() as u64,
             })),
         }
+    }
+
+    /// One audit event per upgrade or cancel, whatever its outcome: a timed-out
+    /// call may still have taken effect at WeCom.
+    fn audit<T>(
+        &self,
+        context: &CallContext,
+        action: &'static str,
+        customer: &Customer,
+        target: Option<&UpgradeTarget>,
+        result: &Result<T, Status>,
+    ) {
+        let app = match context.requested_app() {
+            Ok(Some(app)) => app,
+            _ => self.apps.default_app(),
+        };
+        let outcome = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        tracing::info!(
+            target: "audit",
+            action,
+            peer = ?context.peer,
+            app,
+            open_kfid = %customer.open_kfid,
+            external_userid = %customer.external_userid,
+            target = ?target,
+            outcome = ?outcome,
+            "{action}"
+        );
     }
 }
 
@@ -107,12 +188,9 @@ async fn traced<T>(
             .as_ref()
             .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         tracing::Span::current().record("rpc.grpc.status_code", code as i32);
-        match &result {
-            Ok(_) => tracing::debug!("rpc ok"),
-            Err(status) => {
-                tracing::info!(code = ?status.code(), message = status.message(), "rpc failed")
-            }
-        }
+        // WeCom failures were logged with their cause where they happened; this is
+        // the per-call line, for debugging callers.
+        tracing::debug!(code = ?code, "rpc finished");
         result.map(Response::new)
     }
     .instrument(span)
@@ -126,10 +204,12 @@ impl CustomerUpgradeService for UpgradeGateway {
         request: Request<pb::GetUpgradeConfigRequest>,
     ) -> Result<Response<pb::GetUpgradeConfigResponse>, Status> {
         traced("GetUpgradeConfig", async {
+            let (context, _) = CallContext::split(request);
             let config = self
-                .with_app(request.metadata(), |app| async move {
-                    app.get_upgrade_config().await
-                })
+                .with_app(
+                    &context,
+                    |app| async move { app.get_upgrade_config().await },
+                )
                 .await?;
             Ok(config.into())
         })
@@ -141,22 +221,18 @@ impl CustomerUpgradeService for UpgradeGateway {
         request: Request<pb::UpgradeServiceRequest>,
     ) -> Result<Response<pb::UpgradeServiceResponse>, Status> {
         traced("UpgradeService", async {
-            let (metadata, _, message) = request.into_parts();
-            let upgrade = Upgrade::try_from(message).map_err(status::invalid_request)?;
-            self.with_app(&metadata, |app| async move {
-                app.upgrade_service(&upgrade).await?;
-                tracing::info!(
-                    target: "audit",
-                    app = app.name(),
-                    open_kfid = %upgrade.customer.open_kfid,
-                    external_userid = %upgrade.customer.external_userid,
-                    target = ?upgrade.target,
-                    "upgrade service recommended"
-                );
-                Ok(())
-            })
-            .await?;
-            Ok(pb::UpgradeServiceResponse {})
+            let (context, message) = CallContext::split(request);
+            let upgrade = Arc::new(Upgrade::try_from(message).map_err(status::invalid_request)?);
+            let sent = Arc::clone(&upgrade);
+            let result = self
+                .with_app(
+                    &context,
+                    |app| async move { app.upgrade_service(&sent).await },
+                )
+                .await;
+            let target = Some(&upgrade.target);
+            self.audit(&context, "upgrade", &upgrade.customer, target, &result);
+            result.map(|()| pb::UpgradeServiceResponse {})
         })
         .await
     }
@@ -166,21 +242,17 @@ impl CustomerUpgradeService for UpgradeGateway {
         request: Request<pb::CancelUpgradeRequest>,
     ) -> Result<Response<pb::CancelUpgradeResponse>, Status> {
         traced("CancelUpgrade", async {
-            let (metadata, _, message) = request.into_parts();
-            let customer = Customer::try_from(message).map_err(status::invalid_request)?;
-            self.with_app(&metadata, |app| async move {
-                app.cancel_upgrade(&customer).await?;
-                tracing::info!(
-                    target: "audit",
-                    app = app.name(),
-                    open_kfid = %customer.open_kfid,
-                    external_userid = %customer.external_userid,
-                    "upgrade recommendation cancelled"
-                );
-                Ok(())
-            })
-            .await?;
-            Ok(pb::CancelUpgradeResponse {})
+            let (context, message) = CallContext::split(request);
+            let customer = Arc::new(Customer::try_from(message).map_err(status::invalid_request)?);
+            let sent = Arc::clone(&customer);
+            let result = self
+                .with_app(
+                    &context,
+                    |app| async move { app.cancel_upgrade(&sent).await },
+                )
+                .await;
+            self.audit(&context, "cancel", &customer, None, &result);
+            result.map(|()| pb::CancelUpgradeResponse {})
         })
         .await
     }

@@ -148,6 +148,11 @@ impl Apps {
         })
     }
 
+    /// The name of the app that serves calls without `x-wecom-app`.
+    pub fn default_app(&self) -> &str {
+        &self.default_app
+    }
+
     /// The app named `name`, or the default app when `name` is `None`.
     pub fn get(&self, name: Option<&str>) -> Result<&Arc<AppClient>, Error> {
         let name = name.unwrap_or(&self.default_app);

@@ -24,7 +24,9 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::{Endpoint, Error, Retry, Transport, api::TokenAnswer, backoff, transport::Call};
+use super::{
+    Endpoint, Error, Retry, Transport, TransportKind, api::TokenAnswer, backoff, transport::Call,
+};
 use crate::config::TokenSettings;
 
 /// An access token. Its `Debug` is redacted and it has no `Display`, so it cannot
@@ -131,7 +133,8 @@ pub struct TokenCache {
     source: Arc<dyn TokenSource>,
     settings: TokenSettings,
     retry: Retry,
-    /// Guarded by a plain mutex: it is held for a few instructions, never across an await.
+    /// Guarded by a plain mutex: held for a few instructions, never across an await,
+    /// and never while logging.
     state: Mutex<State>,
     /// Held while a fetch runs: the single flight.
     fetching: tokio::sync::Mutex<()>,
@@ -142,10 +145,14 @@ pub struct TokenCache {
 #[derive(Default)]
 struct State {
     current: Option<Cached>,
-    /// The last fetch failed; callers get this error until `until`.
-    held: Option<Held>,
+    /// The last fetch failed: callers get this error, without a new fetch, until
+    /// `until`. Kept (past `until`) until a fetch succeeds.
+    failed: Option<Held>,
     /// Fetch failures in a row, for the backoff.
     failures: u32,
+    /// Finished fetches, so that callers that queued behind a fetch take its outcome
+    /// instead of starting another, however short the hold.
+    generation: u64,
 }
 
 struct Cached {
@@ -166,7 +173,8 @@ enum Lookup {
     /// Valid, but a background refresh is due.
     RefreshDue(AccessToken),
     Held(Error),
-    Missing,
+    /// No usable token; the generation seen.
+    Missing(u64),
 }
 
 impl fmt::Debug for TokenCache {
@@ -201,21 +209,36 @@ impl TokenCache {
     /// A valid token: the cached one, or one fetched now by exactly one of the
     /// callers that found the cache cold.
     pub async fn get(self: &Arc<Self>) -> Result<AccessToken, Error> {
-        match self.lookup() {
+        let seen = match self.lookup() {
             Lookup::Fresh(token) => return Ok(token),
             Lookup::RefreshDue(token) => {
                 self.refresh_in_background();
                 return Ok(token);
             }
             Lookup::Held(error) => return Err(error),
-            Lookup::Missing => {}
-        }
+            Lookup::Missing(generation) => generation,
+        };
+        // The flight runs in a task of its own: a caller that gives up (its deadline
+        // passed, it cancelled) does not cancel the fetch others wait for, and the
+        // fetch's outcome is always recorded, so a failure is held, not retried at once.
+        let cache = Arc::clone(self);
+        tokio::spawn(async move { cache.fly(seen).await })
+            .await
+            .unwrap_or_else(|_| {
+                // Only a runtime shutting down cancels the task; nothing in it panics.
+                Err(Error::Transport {
+                    endpoint: Endpoint::GetToken,
+                    kind: TransportKind::Other,
+                    detail: "the token fetch was cancelled".to_owned(),
+                })
+            })
+    }
+
+    /// Joins the single flight: fetches, unless a fetch finished while we waited.
+    async fn fly(&self, seen: u64) -> Result<AccessToken, Error> {
         let _flight = self.fetching.lock().await;
-        // Whoever held the lock before us may have fetched, or failed: use that.
-        match self.lookup() {
-            Lookup::Fresh(token) | Lookup::RefreshDue(token) => return Ok(token),
-            Lookup::Held(error) => return Err(error),
-            Lookup::Missing => {}
+        if let Some(outcome) = self.outcome_since(seen) {
+            return outcome;
         }
         let result = self.fetch().await;
         self.record(result, false)
@@ -241,13 +264,18 @@ impl TokenCache {
     /// that was already replaced stays, so concurrent failures cause one refresh.
     /// Returns whether the token was dropped.
     pub fn invalidate(&self, failed: &AccessToken) -> bool {
-        let mut state = self.state();
-        let is_current = state.current.as_ref().is_some_and(|c| &c.token == failed);
-        if is_current {
-            state.current = None;
+        let dropped = {
+            let mut state = self.state();
+            let is_current = state.current.as_ref().is_some_and(|c| &c.token == failed);
+            if is_current {
+                state.current = None;
+            }
+            is_current
+        };
+        if dropped {
             tracing::info!(app = %self.app, "access token refused by WeCom; dropped from the cache");
         }
-        is_current
+        dropped
     }
 
     /// Time left before the cached token is dropped, if there is one.
@@ -271,10 +299,24 @@ impl TokenCache {
         match &state.current {
             Some(c) if now < c.expires_at && now < c.refresh_at => Lookup::Fresh(c.token.clone()),
             Some(c) if now < c.expires_at => Lookup::RefreshDue(c.token.clone()),
-            _ => match &state.held {
+            _ => match &state.failed {
                 Some(held) if now < held.until => Lookup::Held(held.error.clone()),
-                _ => Lookup::Missing,
+                _ => Lookup::Missing(state.generation),
             },
+        }
+    }
+
+    /// The outcome of the newest fetch, if one finished after generation `seen`.
+    fn outcome_since(&self, seen: u64) -> Option<Result<AccessToken, Error>> {
+        let state = self.state();
+        if state.generation == seen {
+            return None;
+        }
+        match (&state.current, &state.failed) {
+            (Some(c), _) if Instant::now() < c.expires_at => Some(Ok(c.token.clone())),
+            (_, Some(held)) => Some(Err(held.error.clone())),
+            // It succeeded, and its token has since been refused or has expired.
+            _ => None,
         }
     }
 
@@ -287,6 +329,7 @@ impl TokenCache {
         let now = Instant::now();
         let mut guard = self.state();
         let state = &mut *guard;
+        state.generation = state.generation.wrapping_add(1);
         match result {
             Ok(issued) => {
                 // WeCom says 7200 s; a larger figure is a broken upstream, and an
@@ -301,8 +344,9 @@ impl TokenCache {
                     expires_at,
                     refresh_at: expires_at - ahead,
                 });
-                state.held = None;
+                state.failed = None;
                 state.failures = 0;
+                drop(guard);
                 tracing::info!(
                     app = %self.app,
                     expires_in_secs = lifetime.as_secs(),
@@ -313,33 +357,35 @@ impl TokenCache {
             }
             Err(error) => {
                 state.failures = state.failures.saturating_add(1);
+                let failures = state.failures;
                 let wait = if error.is_credential_rejection() {
                     Duration::from_secs(self.settings.credential_cooldown_secs)
                 } else {
                     backoff(
                         Duration::from_millis(self.settings.failure_backoff_ms),
-                        state.failures,
+                        failures,
                         Duration::from_millis(self.settings.failure_backoff_max_ms),
                     )
                 };
-                tracing::warn!(
-                    app = %self.app,
-                    error = %error,
-                    failures = state.failures,
-                    retry_in_ms = wait.as_millis() as u64,
-                    background,
-                    "access token fetch failed"
-                );
                 match (&mut state.current, background) {
                     // The token in hand is still valid: keep serving it, retry later.
                     (Some(current), true) => current.refresh_at = now + wait,
                     _ => {
-                        state.held = Some(Held {
+                        state.failed = Some(Held {
                             error: error.clone(),
                             until: now + wait,
                         })
                     }
                 }
+                drop(guard);
+                tracing::warn!(
+                    app = %self.app,
+                    error = %error,
+                    failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    background,
+                    "access token fetch failed"
+                );
                 Err(error)
             }
         }
@@ -582,6 +628,50 @@ mod tests {
             4,
             "the first fetch, then one refresh with two retries"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_that_give_up_do_not_cancel_the_shared_fetch() {
+        let source = Scripted::new(HOUR); // each fetch takes 50 ms
+        let cache = cache(source.clone());
+        let impatient: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_millis(10), cache.get()).await
+                })
+            })
+            .collect();
+        for caller in impatient {
+            assert!(
+                caller.await.unwrap().is_err(),
+                "the caller's own deadline passed"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        assert_eq!(source.calls(), 1, "fifty impatient callers, one gettoken");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_queued_behind_a_failed_fetch_share_its_failure_even_without_a_hold() {
+        let source = Scripted::new(HOUR);
+        source.fail_next(usize::MAX, 40001);
+        let settings = TokenSettings {
+            credential_cooldown_secs: 0,
+            ..TokenSettings::default()
+        };
+        let cache = Arc::new(TokenCache::new("test", source.clone(), settings, RETRY));
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().is_err());
+        }
+        assert_eq!(source.calls(), 1);
     }
 
     #[tokio::test(start_paused = true)]

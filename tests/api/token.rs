@@ -213,3 +213,39 @@ async fn a_busy_gettoken_is_retried_once_inside_the_single_flight() {
         "the busy answer and one retry"
     );
 }
+
+#[tokio::test]
+async fn callers_whose_deadlines_pass_during_gettoken_cause_no_extra_gettoken() {
+    let app = spawn_app().await;
+    app.fault(
+        Endpoint::GetToken,
+        Fault {
+            delay_ms: 400,
+            ..Fault::default()
+        },
+    );
+
+    let impatient: Vec<_> = (0..50)
+        .map(|_| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                let mut request = tonic::Request::new(pb::GetUpgradeConfigRequest {});
+                request.set_timeout(std::time::Duration::from_millis(100));
+                client.get_upgrade_config(request).await
+            })
+        })
+        .collect();
+    for call in impatient {
+        let status = call.await.unwrap().unwrap_err();
+        assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let later = concurrent_config_calls(&app, 10).await;
+
+    assert!(later.iter().all(Result::is_ok), "{later:?}");
+    assert_eq!(
+        app.sandbox.gettoken_calls(),
+        1,
+        "the one fetch finished and served everyone"
+    );
+}
