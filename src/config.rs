@@ -43,6 +43,26 @@ pub struct AppSettings {
     pub api_base: String,
 }
 
+impl AppSettings {
+    /// Plain HTTP to a host other than this machine: the secret and the tokens, which
+    /// travel in query strings, would cross the network in clear text.
+    pub fn is_cleartext_remote(&self) -> bool {
+        let Some(rest) = self.api_base.strip_prefix("http://") else {
+            return false;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
+    }
+}
+
 impl fmt::Debug for AppSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppSettings")
@@ -275,8 +295,9 @@ impl Settings {
         Self::resolve(parsed, env)
     }
 
-    /// Loads like [`Settings::load`], with the default app pointed at a sandbox at
-    /// `api_base` and given the sandbox's demo credentials (`serve --sandbox`).
+    /// Loads like [`Settings::load`], with every app pointed at a sandbox at
+    /// `api_base` with the sandbox's demo credentials (`serve --sandbox`): a demo
+    /// never reaches the real WeCom, whatever the file says.
     pub fn load_for_sandbox(
         file: Option<&Path>,
         env: &dyn Environment,
@@ -292,7 +313,13 @@ impl Settings {
             ]),
             below: env,
         };
-        Self::load(file, &overlay)
+        let mut settings = Self::load(file, &overlay)?;
+        for app in settings.apps.values_mut() {
+            app.api_base = api_base.trim_end_matches('/').to_owned();
+            app.corp_id = corp_id.to_owned();
+            app.secret = SecretString::from(secret.to_owned());
+        }
+        Ok(settings)
     }
 
     fn parse_file(text: &str) -> Result<FileSettings, ConfigError> {
@@ -303,13 +330,15 @@ impl Settings {
     }
 
     fn resolve(file: FileSettings, env: &dyn Environment) -> Result<Self, ConfigError> {
-        let global_base = env
-            .var("WECOM_API_BASE")
-            .or(file.api_base)
-            .unwrap_or_else(|| DEFAULT_API_BASE.to_owned());
+        // Where the shared base came from, to name it if it is wrong.
+        let (global_base, global_base_key) = match (env.var("WECOM_API_BASE"), file.api_base) {
+            (Some(base), _) => (base, "WECOM_API_BASE"),
+            (None, Some(base)) => (base, "api_base"),
+            (None, None) => (DEFAULT_API_BASE.to_owned(), "api_base"),
+        };
         let base_key = |app_base: &Option<String>, i: usize| match app_base {
             Some(_) => format!("apps[{i}].api_base"),
-            None => "WECOM_API_BASE".to_owned(),
+            None => global_base_key.to_owned(),
         };
 
         let mut apps = BTreeMap::new();
@@ -319,6 +348,7 @@ impl Settings {
             let secret = file_app_secret(&app, i, env)?;
             let corp_id = app
                 .corp_id
+                .filter(|c| !c.trim().is_empty())
                 .ok_or_else(|| ConfigError::new(format!("apps[{i}].corp_id"), "is required"))?;
             let api_base = validate_api_base(
                 app.api_base.clone().unwrap_or_else(|| global_base.clone()),
@@ -368,7 +398,7 @@ impl Settings {
                             "is required (or WECOM_CORP_SECRET_FILE) when WECOM_CORP_ID is set",
                         )
                     })?;
-                    let api_base = validate_api_base(global_base.clone(), "WECOM_API_BASE")?;
+                    let api_base = validate_api_base(global_base.clone(), global_base_key)?;
                     apps.insert(
                         default_app.clone(),
                         AppSettings {
@@ -381,20 +411,6 @@ impl Settings {
             }
         }
 
-        for (name, app) in &apps {
-            if app.corp_id.trim().is_empty() {
-                return Err(ConfigError::new(
-                    format!("apps.{name}.corp_id"),
-                    "must not be empty",
-                ));
-            }
-            if app.secret.expose_secret().trim().is_empty() {
-                return Err(ConfigError::new(
-                    format!("apps.{name}.secret"),
-                    "must not be empty",
-                ));
-            }
-        }
         if apps.is_empty() {
             return Err(ConfigError::new(
                 "WECOM_CORP_ID",
@@ -435,11 +451,15 @@ impl Settings {
             self.listen, self.admin_listen, self.default_app
         );
         for (name, app) in &self.apps {
+            if app.is_cleartext_remote() {
+                out.push_str(&format!(
+                    "WARNING: app {name} talks plain HTTP to a remote host; its secret and \
+                     tokens would cross the network in clear text\n"
+                ));
+            }
             out.push_str(&format!(
-                "app {name}: corp_id = {}, secret = **** ({} chars), api_base = {}\n",
-                app.corp_id,
-                app.secret.expose_secret().chars().count(),
-                app.api_base
+                "app {name}: corp_id = {}, secret = ****, api_base = {}\n",
+                app.corp_id, app.api_base
             ));
         }
         out.push_str(&format!(
@@ -477,6 +497,9 @@ fn file_app_secret(
         }
     }
     if let Some(secret) = &app.secret {
+        if secret.expose_secret().trim().is_empty() {
+            return Err(ConfigError::new(key("secret"), "must not be empty"));
+        }
         return Ok(secret.clone());
     }
     if let Some(path) = &app.secret_file {
@@ -808,6 +831,71 @@ mod tests {
             ("sbx", "http://127.0.0.1:1")
         );
         assert_eq!(app.secret.expose_secret(), "demo");
+    }
+
+    #[test]
+    fn the_sandbox_takes_over_every_app_of_the_file() {
+        let dir = std::env::temp_dir().join(format!("wku-sbx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("apps.toml");
+        std::fs::write(
+            &path,
+            "[[apps]]\nname = \"a\"\ncorp_id = \"real-a\"\nsecret = \"real\"\n\
+             api_base = \"https://example.invalid\"\n\
+             [[apps]]\nname = \"b\"\ncorp_id = \"real-b\"\nsecret = \"real\"\n",
+        )
+        .unwrap();
+        let sandbox = "http://127.0.0.1:1";
+        let s = Settings::load_for_sandbox(Some(&path), &env(&[]), sandbox, "sbx", "demo").unwrap();
+        // Two apps and no default_app: the sandbox's credentials make the default app.
+        assert_eq!(s.apps.keys().collect::<Vec<_>>(), ["a", "b", "default"]);
+        for app in s.apps.values() {
+            assert_eq!(app.api_base, sandbox);
+            assert_eq!(app.corp_id, "sbx");
+            assert_eq!(app.secret.expose_secret(), "demo");
+        }
+    }
+
+    #[test]
+    fn a_bad_base_in_the_file_is_named_by_its_file_key() {
+        let err = from_toml(
+            "api_base = \"ftp://x\"\n",
+            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "api_base");
+    }
+
+    #[test]
+    fn empty_values_in_the_file_are_named() {
+        let text = "[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret = \" \"\n";
+        assert_eq!(from_toml(text, &[]).unwrap_err().key, "apps[0].secret");
+        let text = "[[apps]]\nname = \"a\"\ncorp_id = \"\"\nsecret = \"s\"\n";
+        assert_eq!(from_toml(text, &[]).unwrap_err().key, "apps[0].corp_id");
+    }
+
+    #[test]
+    fn plain_http_is_flagged_unless_it_stays_on_this_machine() {
+        let app = |base: &str| AppSettings {
+            corp_id: "ww".into(),
+            secret: SecretString::from("s".to_owned()),
+            api_base: base.into(),
+        };
+        for local in [
+            "http://127.0.0.1:9465",
+            "http://localhost",
+            "http://[::1]:80/x",
+            "https://qyapi.weixin.qq.com",
+        ] {
+            assert!(!app(local).is_cleartext_remote(), "{local}");
+        }
+        for remote in [
+            "http://qyapi.weixin.qq.com",
+            "http://10.0.0.1:80",
+            "http://sandbox:9465",
+        ] {
+            assert!(app(remote).is_cleartext_remote(), "{remote}");
+        }
     }
 
     #[test]

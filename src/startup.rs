@@ -45,6 +45,9 @@ pub enum StartupError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The gRPC server ended without being asked to.
+    #[error("{0}")]
+    Stopped(&'static str),
 }
 
 /// A gateway whose listeners are bound, ready to run.
@@ -59,6 +62,15 @@ pub struct Application {
 impl Application {
     /// Builds the WeCom clients and binds both listeners (port 0 picks a free port).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        for (name, app) in &settings.apps {
+            if app.is_cleartext_remote() {
+                tracing::warn!(
+                    app = %name,
+                    api_base = %app.api_base,
+                    "plain HTTP to a remote host: the secret and tokens cross the network in clear text"
+                );
+            }
+        }
         let apps = Apps::from_settings(&settings)?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
@@ -147,15 +159,12 @@ impl Application {
         tokio::select! {
             () = shutdown => {}
             result = &mut server => {
-                // The server stopped by itself: that is a failure.
                 let _ = stop_admin.send(());
-                return match result {
-                    Ok(result) => result.map_err(StartupError::from),
-                    Err(join) => {
-                        tracing::error!(error = %join, "gRPC server task ended abnormally");
-                        Ok(())
-                    }
-                };
+                return Err(match result {
+                    Ok(Err(error)) => StartupError::from(error),
+                    Ok(Ok(())) => StartupError::Stopped("the gRPC server stopped by itself"),
+                    Err(_) => StartupError::Stopped("the gRPC server task panicked"),
+                });
             }
         }
 
@@ -174,13 +183,10 @@ impl Application {
 
         let _ = stop_grpc.send(());
         // tonic waits for every connection to close, without limit; bound it.
-        let result = match tokio::time::timeout(server_settings.shutdown_grace(), &mut server).await
-        {
+        let grace = server_settings.shutdown_grace();
+        let result = match tokio::time::timeout(grace, &mut server).await {
             Ok(Ok(result)) => result.map_err(StartupError::from),
-            Ok(Err(join)) => {
-                tracing::error!(error = %join, "gRPC server task ended abnormally");
-                Ok(())
-            }
+            Ok(Err(_)) => Err(StartupError::Stopped("the gRPC server task panicked")),
             Err(_) => {
                 tracing::warn!(
                     shutdown_grace_ms = server_settings.shutdown_grace_ms,
@@ -190,8 +196,13 @@ impl Application {
                 Ok(())
             }
         };
+        // The admin server waits for its connections too; a half-sent request must
+        // not keep the process alive.
         let _ = stop_admin.send(());
-        let _ = admin.await;
+        let mut admin = admin;
+        if tokio::time::timeout(grace, &mut admin).await.is_err() {
+            admin.abort();
+        }
         tracing::info!("gateway stopped");
         result
     }
