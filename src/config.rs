@@ -143,6 +143,9 @@ impl Default for TokenSettings {
 pub struct ServerSettings {
     /// Largest request message decoded, bytes. Valid requests are far below 8 KiB.
     pub max_decode_message_bytes: usize,
+    /// Most calls in flight on one HTTP/2 connection; more wait for a free stream,
+    /// so a single caller cannot grow the gateway's memory without bound.
+    pub max_concurrent_streams: u32,
     /// After SIGTERM, report NOT_SERVING this long before refusing new connections,
     /// so load balancers stop sending work first.
     pub drain_delay_ms: u64,
@@ -154,6 +157,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             max_decode_message_bytes: 64 * 1024,
+            max_concurrent_streams: 200,
             drain_delay_ms: 2_000,
             shutdown_grace_ms: 10_000,
         }
@@ -645,6 +649,12 @@ fn validate_server(s: &ServerSettings) -> Result<(), ConfigError> {
         1024,
         64 << 20,
         "server.max_decode_message_bytes",
+    )?;
+    in_range(
+        s.max_concurrent_streams.into(),
+        1,
+        10_000,
+        "server.max_concurrent_streams",
     )?;
     in_range(s.drain_delay_ms, 0, MAX_MS, "server.drain_delay_ms")?;
     in_range(s.shutdown_grace_ms, 0, MAX_MS, "server.shutdown_grace_ms")

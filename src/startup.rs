@@ -146,6 +146,7 @@ impl Application {
 
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
+            .max_concurrent_streams(server_settings.max_concurrent_streams)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -6,7 +6,7 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 /// The filter used when `RUST_LOG` is unset: our events at info, the HTTP/2
 /// machinery only when it warns.
-const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,reqwest=warn";
+const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn";
 
 /// Installs the global subscriber. `LOG_FORMAT=json|pretty` chooses the format;
 /// otherwise JSON unless stderr is a terminal. `RUST_LOG` filters.

@@ -86,22 +86,36 @@ fn refusal(error: &Error) -> Refusal {
                 .with("endpoint", endpoint)
         }
         Error::HttpStatus { endpoint, status } => {
-            let transient = *status >= 500 || *status == 429 || *status == 408;
-            let (code, what_next) = if transient {
-                (Code::Unavailable, "retry with backoff")
-            } else {
-                (
-                    Code::Internal,
-                    "check upstream.api_base and any proxy in front of WeCom",
+            let refusal = match status {
+                429 => Refusal::gateway(
+                    Code::ResourceExhausted,
+                    "UPSTREAM_RATE_LIMITED",
+                    format!(
+                        "WeCom {endpoint} answered HTTP 429 (too many requests); retry after \
+                         the RetryInfo delay"
+                    ),
                 )
+                .retry_after(CONCURRENCY_LIMIT_RETRY_DELAY),
+                _ if error.is_transient() => Refusal::gateway(
+                    Code::Unavailable,
+                    "UPSTREAM_HTTP_ERROR",
+                    format!(
+                        "WeCom {endpoint} answered HTTP {status} after the gateway's retries; \
+                         retry with backoff"
+                    ),
+                ),
+                _ => Refusal::gateway(
+                    Code::Internal,
+                    "UPSTREAM_HTTP_ERROR",
+                    format!(
+                        "WeCom {endpoint} answered HTTP {status}; check the app's api_base \
+                         and any proxy in front of WeCom"
+                    ),
+                ),
             };
-            Refusal::gateway(
-                code,
-                "UPSTREAM_HTTP_ERROR",
-                format!("WeCom {endpoint} answered HTTP {status}; {what_next}"),
-            )
-            .with("http_status", status)
-            .with("endpoint", endpoint)
+            refusal
+                .with("http_status", status)
+                .with("endpoint", endpoint)
         }
         Error::Transport { endpoint, kind, .. } => {
             let (reason, what) = match kind {

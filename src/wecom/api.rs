@@ -13,6 +13,11 @@ use crate::domain::{Customer, Upgrade, UpgradeConfig, UpgradeTarget};
 pub fn decode<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, Error> {
     let malformed = |problem: String| Error::MalformedBody { endpoint, problem };
     let value: Value = serde_json::from_slice(body).map_err(|e| {
+        // The start of an HTML error page tells an operator what answered; a
+        // `gettoken` body might hold a token, so it is never quoted.
+        if endpoint == Endpoint::GetToken {
+            return malformed(format!("not JSON ({e})"));
+        }
         let start = String::from_utf8_lossy(&body[..body.len().min(16)]).into_owned();
         malformed(format!("not JSON ({e}); it starts with {start:?}"))
     })?;
@@ -37,8 +42,8 @@ pub fn decode<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T,
     T::deserialize(value).map_err(|e| malformed(e.to_string()))
 }
 
-/// `gettoken`'s answer.
-#[derive(Debug, Deserialize)]
+/// `gettoken`'s answer. No `Debug`: it holds the token in the clear.
+#[derive(Deserialize)]
 pub(crate) struct TokenAnswer {
     pub(crate) access_token: String,
     pub(crate) expires_in: u64,
@@ -81,10 +86,9 @@ impl From<UpgradeConfigAnswer> for UpgradeConfig {
         let members = answer.member_range.unwrap_or_default();
         let mut departments = members.department_id_list.unwrap_or_default();
         // Both names at once would be odd, but losing either list would be worse.
-        for id in members.department_list.unwrap_or_default() {
-            if !departments.contains(&id) {
-                departments.push(id);
-            }
+        if let Some(more) = members.department_list {
+            let mut seen: std::collections::HashSet<u32> = departments.iter().copied().collect();
+            departments.extend(more.into_iter().filter(|id| seen.insert(*id)));
         }
         UpgradeConfig {
             member_userids: members.userid_list.unwrap_or_default(),

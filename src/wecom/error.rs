@@ -136,7 +136,9 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Api { errcode, .. } => *errcode == errcode::SYSTEM_BUSY,
-            Error::HttpStatus { status, .. } => *status >= 500,
+            // 5xx, and 408 (the proxy gave up waiting for us); not 429, which asks
+            // for less traffic, not more.
+            Error::HttpStatus { status, .. } => *status >= 500 || *status == 408,
             Error::Transport { .. } => true,
             Error::MalformedBody { .. }
             | Error::BodyTooLarge { .. }

@@ -21,16 +21,14 @@ pub(crate) use transport::Transport;
 use std::time::Duration;
 
 /// How transient failures (errcode -1, HTTP 5xx, transport errors) are retried:
-/// at most `max_retries` times, waiting a jittered, doubling delay from `backoff`
-/// up to `ceiling`.
+/// at most `max_retries` times, waiting a jittered delay that starts at `backoff`
+/// and doubles, up to [`Retry::MAX_DELAY`].
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
     /// Retries after the first attempt.
     pub max_retries: u32,
     /// The first delay.
     pub backoff: Duration,
-    /// The longest delay.
-    pub ceiling: Duration,
 }
 
 impl Retry {
@@ -39,16 +37,19 @@ impl Retry {
         Self {
             max_retries: upstream.max_retries,
             backoff: upstream.retry_backoff(),
-            ceiling: upstream.call_timeout(),
         }
     }
+
+    /// The longest wait between two attempts: past it, the caller is better served
+    /// by the error than by more waiting.
+    pub const MAX_DELAY: Duration = Duration::from_secs(2);
 
     /// Waits before retry number `retry` (1-based) and says whether to retry at all.
     pub(crate) async fn pause_before(&self, retry: u32, error: &Error) -> bool {
         if !error.is_transient() || retry > self.max_retries {
             return false;
         }
-        let wait = backoff(self.backoff, retry, self.ceiling);
+        let wait = backoff(self.backoff, retry, Self::MAX_DELAY);
         tracing::debug!(%error, retry, wait_ms = wait.as_millis() as u64, "retrying after a transient error");
         tokio::time::sleep(wait).await;
         true

@@ -464,7 +464,6 @@ mod tests {
     const RETRY: Retry = Retry {
         max_retries: 2,
         backoff: Duration::from_millis(100),
-        ceiling: Duration::from_secs(1),
     };
 
     fn cache(source: Arc<Scripted>) -> Arc<TokenCache> {

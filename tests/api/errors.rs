@@ -374,3 +374,21 @@ async fn an_unknown_app_is_invalid_argument_naming_the_configured_apps() {
     assert!(status.message().contains("default"), "{}", status.message());
     assert!(app.sandbox.requests().is_empty(), "nothing reached WeCom");
 }
+
+#[tokio::test]
+async fn an_http_429_is_resource_exhausted_with_retry_info_and_not_retried() {
+    let mut app = spawn_app().await;
+    app.fault(
+        Endpoint::GetUpgradeConfig,
+        Fault {
+            http_status: Some(429),
+            times: 10,
+            ..Fault::default()
+        },
+    );
+    let status = app.get_config().await.unwrap_err();
+    let metadata = assert_status(&status, Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED");
+    assert_eq!(metadata["http_status"], "429");
+    assert!(status.get_details_retry_info().is_some());
+    assert_eq!(app.calls_to(Endpoint::GetUpgradeConfig), 1);
+}
