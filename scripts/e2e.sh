@@ -200,7 +200,8 @@ run_check() {
 # ---------------------------------------------------------------- start
 
 echo "# starting $BIN serve --sandbox on $GRPC_ADDR (admin $ADMIN_PORT, sandbox $SANDBOX_PORT)"
-"$BIN" serve --sandbox \
+# Debug logging, so that the check for leaked secrets at the end reads as much as possible.
+RUST_LOG=debug "$BIN" serve --sandbox \
     --listen "$GRPC_ADDR" \
     --admin-listen "127.0.0.1:$ADMIN_PORT" \
     --sandbox-listen "127.0.0.1:$SANDBOX_PORT" \
@@ -396,6 +397,10 @@ assert "e2e-secret-must-not-leak" not in text, text
 ' -- env -i PATH="$PATH" WECOM_CORP_ID=wwe2e0000000000001 WECOM_CORP_SECRET=e2e-secret-must-not-leak \
     timeout 10 "$BIN" check-config
 
+# The token the gateway holds: while it is valid, gettoken returns the same one.
+TOKEN="$(http_get "$SANDBOX_URL/cgi-bin/gettoken?corpid=wwsandbox0000000001&corpsecret=sandbox-secret" |
+    sed '$d' | timeout 10 python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')" || TOKEN=""
+
 # ---------------------------------------------------------------- SIGTERM & drain
 
 kill -TERM "$SERVER_PID"
@@ -457,4 +462,15 @@ if grep -q '"gateway stopped"' "$SERVER_LOG"; then
     ok "server log says 'gateway stopped'"
 else
     not_ok "server log says 'gateway stopped'"
+fi
+
+# ---------------------------------------------------------------- secrets
+
+if [[ -z "$TOKEN" ]]; then
+    not_ok "the sandbox gave the gateway's access token for the leak check"
+elif grep -qF -e "$TOKEN" -e "sandbox-secret" "$SERVER_LOG" "$TMP/server.stdout"; then
+    not_ok "the debug log holds neither the secret nor the access token" \
+        "$(grep -nF -e "$TOKEN" -e "sandbox-secret" "$SERVER_LOG" "$TMP/server.stdout" | head -n 5)"
+else
+    ok "the debug log ($(wc -l <"$SERVER_LOG") lines) holds neither the secret nor the access token"
 fi
