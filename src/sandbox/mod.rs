@@ -247,11 +247,6 @@ pub struct SandboxHandle {
 }
 
 impl SandboxHandle {
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Its base URL, to use as `WECOM_API_BASE`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
