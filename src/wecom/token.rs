@@ -475,6 +475,21 @@ mod tests {
         ))
     }
 
+    /// `n` callers at once; their results in order.
+    async fn concurrent_gets(cache: &Arc<TokenCache>, n: usize) -> Vec<Result<AccessToken, Error>> {
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(n);
+        for call in calls {
+            results.push(call.await.unwrap());
+        }
+        results
+    }
+
     fn api_error(endpoint: Endpoint, errcode: i64) -> Error {
         Error::Api {
             endpoint,
@@ -489,12 +504,8 @@ mod tests {
     async fn concurrent_callers_on_a_cold_cache_share_one_fetch() {
         let source = Scripted::new(HOUR);
         let cache = cache(source.clone());
-        let calls = (0..500).map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get().await })
-        });
-        for call in calls {
-            assert_eq!(call.await.unwrap().unwrap().expose(), "token-1");
+        for result in concurrent_gets(&cache, 500).await {
+            assert_eq!(result.unwrap().expose(), "token-1");
         }
         assert_eq!(source.calls(), 1);
     }
@@ -506,14 +517,8 @@ mod tests {
         assert_eq!(cache.get().await.unwrap().expose(), "token-1");
         // Expiry is at 90% of the lifetime (margin of a tenth), so 95 s is past it.
         tokio::time::advance(Duration::from_secs(95)).await;
-        let calls: Vec<_> = (0..50)
-            .map(|_| {
-                let cache = cache.clone();
-                tokio::spawn(async move { cache.get().await.unwrap() })
-            })
-            .collect();
-        for call in calls {
-            assert_eq!(call.await.unwrap().expose(), "token-2");
+        for result in concurrent_gets(&cache, 50).await {
+            assert_eq!(result.unwrap().expose(), "token-2");
         }
         assert_eq!(source.calls(), 2);
     }
@@ -578,14 +583,8 @@ mod tests {
         let source = Scripted::new(HOUR);
         source.fail_next(1, -1);
         let cache = cache(source.clone());
-        let calls: Vec<_> = (0..20)
-            .map(|_| {
-                let cache = cache.clone();
-                tokio::spawn(async move { cache.get().await })
-            })
-            .collect();
-        for call in calls {
-            assert_eq!(call.await.unwrap().unwrap().expose(), "token-2");
+        for result in concurrent_gets(&cache, 20).await {
+            assert_eq!(result.unwrap().expose(), "token-2");
         }
         assert_eq!(
             source.calls(),
@@ -661,14 +660,8 @@ mod tests {
             ..TokenSettings::default()
         };
         let cache = Arc::new(TokenCache::new("test", source.clone(), settings, RETRY));
-        let calls: Vec<_> = (0..20)
-            .map(|_| {
-                let cache = cache.clone();
-                tokio::spawn(async move { cache.get().await })
-            })
-            .collect();
-        for call in calls {
-            assert!(call.await.unwrap().is_err());
+        for result in concurrent_gets(&cache, 20).await {
+            assert!(result.is_err());
         }
         assert_eq!(source.calls(), 1);
     }
