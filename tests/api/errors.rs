@@ -271,19 +271,21 @@ async fn the_callers_deadline_bounds_the_upstream_call() {
     app.fault(
         Endpoint::CancelUpgrade,
         Fault {
-            delay_ms: 3_000,
+            delay_ms: 5_000,
             ..Fault::default()
         },
     );
+    // The gateway answers 5% (here 50 ms) before the deadline; tonic's client gives
+    // up on its own at the deadline, so the margin must survive a loaded machine.
     let mut request = tonic::Request::new(cancel());
-    request.set_timeout(Duration::from_millis(300));
+    request.set_timeout(Duration::from_secs(1));
 
     let started = std::time::Instant::now();
     let status = app.client.cancel_upgrade(request).await.unwrap_err();
 
     assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );

@@ -237,7 +237,12 @@ async fn callers_whose_deadlines_pass_during_gettoken_cause_no_extra_gettoken() 
         .collect();
     for call in impatient {
         let status = call.await.unwrap().unwrap_err();
-        assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+        // The gateway's DEADLINE_EXCEEDED, or, on a loaded machine, tonic's client
+        // giving up by itself at the deadline (CANCELLED "Timeout expired").
+        assert!(
+            matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{status:?}"
+        );
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let later = concurrent_config_calls(&app, 10).await;
