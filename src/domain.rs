@@ -155,6 +155,16 @@ pub enum UpgradeTarget {
     },
 }
 
+impl fmt::Display for UpgradeTarget {
+    /// `member USERID` or `groupchat CHAT_ID`, for logs; the wording is left out.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpgradeTarget::Member { userid, .. } => write!(f, "member {userid}"),
+            UpgradeTarget::GroupChat { chat_id, .. } => write!(f, "groupchat {chat_id}"),
+        }
+    }
+}
+
 /// A customer, as seen by one customer-service account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Customer {

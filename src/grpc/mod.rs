@@ -154,14 +154,17 @@ impl UpgradeGateway {
         let outcome = result
             .as_ref()
             .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        let peer = context
+            .peer
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         tracing::info!(
             target: "audit",
             action,
-            peer = ?context.peer,
+            peer,
             app,
             open_kfid = %customer.open_kfid,
             external_userid = %customer.external_userid,
-            target = ?target,
+            recommended = target.map(ToString::to_string),
             outcome = ?outcome,
             "{action}"
         );
