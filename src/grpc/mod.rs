@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
 
 use crate::{
@@ -124,9 +124,18 @@ impl UpgradeGateway {
         match tokio::time::timeout(budget, call(Arc::clone(app))).await {
             Ok(result) => result.map_err(|error| {
                 tracing::Span::current().record("wecom.errcode", error.errcode());
-                // The full cause chain stays here, in the log; the caller gets the mapped status.
-                tracing::warn!(%error, "WeCom call failed");
-                status::from_wecom(&error)
+                let status = status::from_wecom(&error);
+                // The full cause chain stays here, in the log; the caller gets the mapped
+                // status. What the caller must fix is no concern of the operator's.
+                let callers_fault = matches!(status.code(), Code::InvalidArgument | Code::NotFound)
+                    || (status.code() == Code::FailedPrecondition
+                        && !error.is_credential_rejection());
+                if callers_fault {
+                    tracing::info!(%error, "WeCom refused the request");
+                } else {
+                    tracing::warn!(%error, "WeCom call failed");
+                }
+                status
             }),
             Err(_) if caller.is_some_and(|c| c <= self.call_timeout) => {
                 Err(status::deadline_exceeded(budget))
@@ -151,9 +160,7 @@ impl UpgradeGateway {
             Ok(Some(app)) => app,
             _ => self.apps.default_app(),
         };
-        let outcome = result
-            .as_ref()
-            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        let outcome = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
         let peer = context
             .peer
             .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
@@ -187,9 +194,7 @@ async fn traced<T>(
     );
     async move {
         let result = rpc.await;
-        let code = result
-            .as_ref()
-            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
         tracing::Span::current().record("rpc.grpc.status_code", code as i32);
         // WeCom failures were logged with their cause where they happened; this is
         // the per-call line, for debugging callers.
