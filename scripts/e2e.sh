@@ -464,6 +464,28 @@ else
     not_ok "server log says 'gateway stopped'"
 fi
 
+# A second signal during the drain exits at once, with status 130.
+"$BIN" serve --sandbox --listen "127.0.0.1:$GRPC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    </dev/null >/dev/null 2>"$TMP/second.log" &
+SERVER_PID=$!
+for _ in $(seq 60); do
+    timeout 5 "$BIN" health --addr "$GRPC_ADDR" --timeout-ms 500 >/dev/null 2>&1 && break
+    sleep 0.25
+done
+kill -TERM "$SERVER_PID"
+sleep 0.5
+kill -TERM "$SERVER_PID" 2>/dev/null || true
+second_rc=0
+timeout 5 tail --pid="$SERVER_PID" -f /dev/null || true
+wait "$SERVER_PID" || second_rc=$?
+SERVER_PID=""
+if ((second_rc == 130)); then
+    ok "a second SIGTERM during the drain exits at once with status 130"
+else
+    not_ok "a second SIGTERM during the drain exits at once with status 130" \
+        "exit status $second_rc; log:"$'\n'"$(cat "$TMP/second.log")"
+fi
+
 # ---------------------------------------------------------------- secrets
 
 if [[ -z "$TOKEN" ]]; then

@@ -10,7 +10,8 @@ use tonic_health::pb::{
 use crate::{
     config::{ProcessEnv, Settings},
     sandbox::{DEMO_CORP_ID, DEMO_SECRET, Sandbox, SandboxConfig},
-    startup::{Application, shutdown_signal},
+    signal::ShutdownSignals,
+    startup::Application,
 };
 
 /// gRPC gateway for WeCom 微信客服「升级服务」.
@@ -148,7 +149,18 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         settings.admin_listen = admin;
     }
     let app = Application::build(settings).await?;
-    app.run_until_stopped(shutdown_signal()).await?;
+    let mut signals = ShutdownSignals::new();
+    let shutdown = async move {
+        signals.recv().await;
+        // A second signal during the drain means "now": a person pressing Ctrl-C
+        // again, or a supervisor out of patience.
+        tokio::spawn(async move {
+            signals.recv().await;
+            tracing::warn!("second shutdown signal: exiting without draining");
+            std::process::exit(130);
+        });
+    };
+    app.run_until_stopped(shutdown).await?;
     Ok(())
 }
 
@@ -166,8 +178,9 @@ async fn sandbox(args: SandboxArgs) -> Result<(), BoxError> {
         secret = %config.secret,
         "WeCom sandbox serving (demo credentials, not secrets)"
     );
+    let mut signals = ShutdownSignals::new();
     Sandbox::new(config)
-        .serve(listener, shutdown_signal())
+        .serve(listener, async move { signals.recv().await })
         .await?;
     Ok(())
 }

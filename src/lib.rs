@@ -8,6 +8,7 @@
 //! - [`wecom`]: the WeCom adapter: HTTP transport, token cache, errcodes, JSON types.
 //! - [`sandbox`]: a WeCom simulator for the demo, local development and the tests.
 //! - [`startup`]: binds the listeners, serves gRPC and admin HTTP, drains on shutdown.
+//! - [`signal`]: SIGTERM and SIGINT: the first drains, a second exits at once.
 //! - [`telemetry`]: structured logging.
 //! - [`cli`]: the `wecom-kf-upgrade` command line.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod sandbox;
+pub mod signal;
 pub mod startup;
 pub mod telemetry;
 pub mod wecom;

@@ -1,0 +1,58 @@
+//! SIGTERM and SIGINT as a stream: the first starts a graceful shutdown, a second
+//! cuts it short.
+//!
+//! The listeners are created once, up front: a listener created after a signal
+//! was delivered may still report that signal, so "wait for the next one" must
+//! reuse the listener that saw the first.
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Listens for SIGTERM and SIGINT from its creation on.
+#[derive(Debug)]
+pub struct ShutdownSignals {
+    /// SIGTERM: what Kubernetes and container runtimes send to stop a process.
+    terminate: Option<Signal>,
+    /// SIGINT: Ctrl-C in a terminal.
+    interrupt: Option<Signal>,
+}
+
+impl ShutdownSignals {
+    /// Starts listening. A signal that cannot be listened for is logged and ignored.
+    pub fn new() -> Self {
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for {name}");
+                None
+            }
+        };
+        Self {
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Completes on the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        async fn next(listener: &mut Option<Signal>) {
+            let delivered = match listener {
+                Some(listener) => listener.recv().await.is_some(),
+                None => false,
+            };
+            // `None` from `recv` means the runtime is going away: nothing more will come.
+            if !delivered {
+                std::future::pending::<()>().await;
+            }
+        }
+        tokio::select! {
+            () = next(&mut self.terminate) => tracing::info!("SIGTERM received"),
+            () = next(&mut self.interrupt) => tracing::info!("SIGINT received"),
+        }
+    }
+}
+
+impl Default for ShutdownSignals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
