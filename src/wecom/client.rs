@@ -91,8 +91,7 @@ impl AppClient {
             };
             if error.is_stale_token() && !refreshed {
                 refreshed = true;
-                self.tokens.invalidate(&token);
-                token = self.tokens.get().await?;
+                token = self.tokens.replace(&token).await?;
                 tracing::debug!(app = %self.name, %endpoint, errcode = error.errcode(), "retrying with a fresh token");
                 continue;
             }

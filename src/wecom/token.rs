@@ -209,7 +209,28 @@ impl TokenCache {
     /// A valid token: the cached one, or one fetched now by exactly one of the
     /// callers that found the cache cold.
     pub async fn get(self: &Arc<Self>) -> Result<AccessToken, Error> {
+        self.get_avoiding(None).await
+    }
+
+    /// WeCom refused `refused`: drops it if it is still cached (compare-and-invalidate)
+    /// and returns a valid token other than it. A token fetched meanwhile is shared;
+    /// only if that is `refused` again is another fetch made.
+    pub async fn replace(self: &Arc<Self>, refused: &AccessToken) -> Result<AccessToken, Error> {
+        self.invalidate(refused);
+        self.get_avoiding(Some(refused.clone())).await
+    }
+
+    async fn get_avoiding(
+        self: &Arc<Self>,
+        refused: Option<AccessToken>,
+    ) -> Result<AccessToken, Error> {
+        let generation = self.state().generation;
         let seen = match self.lookup() {
+            Lookup::Fresh(token) | Lookup::RefreshDue(token)
+                if Some(&token) == refused.as_ref() =>
+            {
+                generation
+            }
             Lookup::Fresh(token) => return Ok(token),
             Lookup::RefreshDue(token) => {
                 self.refresh_in_background();
@@ -222,7 +243,7 @@ impl TokenCache {
         // passed, it cancelled) does not cancel the fetch others wait for, and the
         // fetch's outcome is always recorded, so a failure is held, not retried at once.
         let cache = Arc::clone(self);
-        tokio::spawn(async move { cache.fly(seen).await })
+        tokio::spawn(async move { cache.fly(seen, refused).await })
             .await
             .unwrap_or_else(|_| {
                 // Only a runtime shutting down cancels the task; nothing in it panics.
@@ -234,11 +255,14 @@ impl TokenCache {
             })
     }
 
-    /// Joins the single flight: fetches, unless a fetch finished while we waited.
-    async fn fly(&self, seen: u64) -> Result<AccessToken, Error> {
+    /// Joins the single flight: fetches, unless a fetch finished while we waited
+    /// (with a token other than `refused`).
+    async fn fly(&self, seen: u64, refused: Option<AccessToken>) -> Result<AccessToken, Error> {
         let _flight = self.fetching.lock().await;
-        if let Some(outcome) = self.outcome_since(seen) {
-            return outcome;
+        match self.outcome_since(seen) {
+            Some(Ok(token)) if Some(&token) == refused.as_ref() => {}
+            Some(outcome) => return outcome,
+            None => {}
         }
         let result = self.fetch().await;
         self.record(result, false)
@@ -335,14 +359,27 @@ impl TokenCache {
                 // WeCom says 7200 s; a larger figure is a broken upstream, and an
                 // enormous one would overflow the clock.
                 let lifetime = issued.expires_in.min(MAX_TOKEN_LIFETIME);
-                let margin =
-                    Duration::from_secs(self.settings.expiry_margin_secs).min(lifetime / 10);
-                let ahead = Duration::from_secs(self.settings.refresh_ahead_secs).min(lifetime / 4);
-                let expires_at = now + lifetime - margin;
+                let renewed = state
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.token == issued.token);
+                let (expires_at, refresh_at) = if renewed {
+                    // WeCom hands out the same token while it is valid, with the time
+                    // it has left. Refreshing it again would only get it again: use it
+                    // to its end, where a 42001 makes WeCom issue the next one.
+                    (now + lifetime, now + lifetime)
+                } else {
+                    let margin =
+                        Duration::from_secs(self.settings.expiry_margin_secs).min(lifetime / 10);
+                    let ahead =
+                        Duration::from_secs(self.settings.refresh_ahead_secs).min(lifetime / 4);
+                    let expires_at = now + lifetime - margin;
+                    (expires_at, expires_at - ahead)
+                };
                 state.current = Some(Cached {
                     token: issued.token.clone(),
                     expires_at,
-                    refresh_at: expires_at - ahead,
+                    refresh_at,
                 });
                 state.failed = None;
                 state.failures = 0;
@@ -664,6 +701,51 @@ mod tests {
             assert!(result.is_err());
         }
         assert_eq!(source.calls(), 1);
+    }
+
+    /// Like WeCom: while a token is valid, `gettoken` returns it again with the time
+    /// it has left.
+    #[derive(Debug, Default)]
+    struct WeComLike {
+        calls: AtomicUsize,
+        issued: Mutex<Option<(usize, Instant)>>,
+    }
+
+    #[async_trait]
+    impl TokenSource for WeComLike {
+        async fn fetch(&self) -> Result<IssuedToken, Error> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut issued = self.issued.lock().unwrap();
+            let lifetime = Duration::from_secs(7200);
+            let (id, at) = match *issued {
+                Some((id, at)) if at.elapsed() < lifetime => (id, at),
+                _ => *issued.insert((n, Instant::now())),
+            };
+            Ok(IssuedToken {
+                token: AccessToken::new(format!("token-{id}")),
+                expires_in: Duration::from_secs((lifetime - at.elapsed()).as_secs().max(1)),
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_wecom_hands_out_again_is_used_to_its_end_not_refetched() {
+        let source = Arc::new(WeComLike::default());
+        let cache = Arc::new(TokenCache::new(
+            "test",
+            source.clone(),
+            TokenSettings::default(),
+            RETRY,
+        ));
+        // A call every 10 s for a little more than one lifetime.
+        for _ in 0..740 {
+            cache.get().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        // The first fetch, one refresh ahead of expiry (which gets the same token),
+        // and one fetch once WeCom's lifetime is over.
+        assert_eq!(source.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.get().await.unwrap().expose(), "token-3");
     }
 
     #[tokio::test(start_paused = true)]
