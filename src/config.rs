@@ -287,16 +287,19 @@ impl Environment for Overlay<'_> {
 impl Settings {
     /// Loads the file (if any), applies the environment, and validates the result.
     pub fn load(file: Option<&Path>, env: &dyn Environment) -> Result<Self, ConfigError> {
-        let parsed = match file {
+        Self::resolve(Self::read_file(file)?, env)
+    }
+
+    fn read_file(file: Option<&Path>) -> Result<FileSettings, ConfigError> {
+        match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
                 })?;
-                Self::parse_file(&text)?
+                Self::parse_file(&text)
             }
-            None => FileSettings::default(),
-        };
-        Self::resolve(parsed, env)
+            None => Ok(FileSettings::default()),
+        }
     }
 
     /// Loads like [`Settings::load`], with every app pointed at a sandbox at
@@ -317,13 +320,17 @@ impl Settings {
             ]),
             below: env,
         };
-        let mut settings = Self::load(file, &overlay)?;
-        for app in settings.apps.values_mut() {
-            app.api_base = api_base.trim_end_matches('/').to_owned();
-            app.corp_id = corp_id.to_owned();
-            app.secret = SecretString::from(secret.to_owned());
+        // The file's apps get the demo credentials before anything is resolved, so
+        // no real secret file or variable is read for a demo.
+        let mut parsed = Self::read_file(file)?;
+        for app in &mut parsed.apps {
+            app.corp_id = Some(corp_id.to_owned());
+            app.secret = Some(SecretString::from(secret.to_owned()));
+            app.secret_file = None;
+            app.secret_env = None;
+            app.api_base = Some(api_base.to_owned());
         }
-        Ok(settings)
+        Self::resolve(parsed, &overlay)
     }
 
     fn parse_file(text: &str) -> Result<FileSettings, ConfigError> {
@@ -852,13 +859,17 @@ mod tests {
             &path,
             "[[apps]]\nname = \"a\"\ncorp_id = \"real-a\"\nsecret = \"real\"\n\
              api_base = \"https://example.invalid\"\n\
-             [[apps]]\nname = \"b\"\ncorp_id = \"real-b\"\nsecret = \"real\"\n",
+             [[apps]]\nname = \"b\"\ncorp_id = \"real-b\"\nsecret_env = \"UNSET_VAR\"\n\
+             [[apps]]\nname = \"c\"\ncorp_id = \"real-c\"\nsecret_file = \"/nonexistent\"\n",
         )
         .unwrap();
         let sandbox = "http://127.0.0.1:1";
         let s = Settings::load_for_sandbox(Some(&path), &env(&[]), sandbox, "sbx", "demo").unwrap();
-        // Two apps and no default_app: the sandbox's credentials make the default app.
-        assert_eq!(s.apps.keys().collect::<Vec<_>>(), ["a", "b", "default"]);
+        // Several apps and no default_app: the sandbox's credentials make the default app.
+        assert_eq!(
+            s.apps.keys().collect::<Vec<_>>(),
+            ["a", "b", "c", "default"]
+        );
         for app in s.apps.values() {
             assert_eq!(app.api_base, sandbox);
             assert_eq!(app.corp_id, "sbx");
