@@ -144,7 +144,7 @@ pub struct ServerSettings {
     /// Largest request message decoded, bytes. Valid requests are far below 8 KiB.
     pub max_decode_message_bytes: usize,
     /// Most calls in flight on one HTTP/2 connection; more wait for a free stream,
-    /// so a single caller cannot grow the gateway's memory without bound.
+    /// so one connection cannot grow the gateway's memory without bound.
     pub max_concurrent_streams: u32,
     /// After SIGTERM, report NOT_SERVING this long before refusing new connections,
     /// so load balancers stop sending work first.

@@ -1,9 +1,9 @@
 //! SIGTERM and SIGINT as a stream: the first starts a graceful shutdown, a second
 //! cuts it short.
 //!
-//! The listeners are created once, up front: a listener created after a signal
-//! was delivered may still report that signal, so "wait for the next one" must
-//! reuse the listener that saw the first.
+//! The listeners are created once, up front, and reused: a second signal sent
+//! before a new listener exists would be lost, and one listener reports each
+//! delivery once.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 

@@ -121,6 +121,10 @@ impl UpgradeGateway {
 
         let caller = context.caller_budget();
         let budget = caller.map_or(self.call_timeout, |c| c.min(self.call_timeout));
+        if budget.is_zero() {
+            // No time left: starting the call would only send WeCom work nobody awaits.
+            return Err(status::deadline_exceeded(budget));
+        }
         match tokio::time::timeout(budget, call(Arc::clone(app))).await {
             Ok(result) => result.map_err(|error| {
                 tracing::Span::current().record("wecom.errcode", error.errcode());
@@ -138,16 +142,24 @@ impl UpgradeGateway {
                 status
             }),
             Err(_) if caller.is_some_and(|c| c <= self.call_timeout) => {
+                tracing::info!(
+                    waited_ms = budget.as_millis() as u64,
+                    "caller's deadline passed"
+                );
                 Err(status::deadline_exceeded(budget))
             }
-            Err(_) => Err(status::from_wecom(&wecom::Error::CallTimeout {
-                timeout_ms: self.call_timeout.as_millis() as u64,
-            })),
+            Err(_) => {
+                let error = wecom::Error::CallTimeout {
+                    timeout_ms: self.call_timeout.as_millis() as u64,
+                };
+                tracing::warn!(%error, "WeCom call failed");
+                Err(status::from_wecom(&error))
+            }
         }
     }
 
-    /// One audit event per upgrade or cancel, whatever its outcome: a timed-out
-    /// call may still have taken effect at WeCom.
+    /// One audit event per valid upgrade or cancel, whatever its outcome: a
+    /// timed-out call may still have taken effect at WeCom.
     fn audit<T>(
         &self,
         context: &CallContext,

@@ -329,15 +329,16 @@ pub fn invalid_metadata(key: &str, problem: &str) -> Status {
     .into_status(ErrorDetails::new())
 }
 
-/// DEADLINE_EXCEEDED: the caller's deadline passed before WeCom answered.
-pub fn deadline_exceeded(budget: Duration) -> Status {
+/// DEADLINE_EXCEEDED: the caller's deadline (less the gateway's headroom) passed
+/// after `waited` of upstream work, before WeCom answered.
+pub fn deadline_exceeded(waited: Duration) -> Status {
     Refusal::gateway(
         Code::DeadlineExceeded,
         "DEADLINE_EXCEEDED",
         format!(
-            "the call's deadline ({} ms) passed before WeCom answered; the operation may or \
-             may not have taken effect: retry with a longer deadline",
-            budget.as_millis()
+            "the call's deadline passed before WeCom answered (after {} ms of waiting for \
+             WeCom); the operation may or may not have taken effect: retry with a longer deadline",
+            waited.as_millis()
         ),
     )
     .into_status(ErrorDetails::new())

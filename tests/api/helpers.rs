@@ -141,6 +141,15 @@ impl Drop for TestApp {
     }
 }
 
+/// An address where connections are refused: the port stays bound (so no other
+/// test can take it) but never listens.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 // === requests ===
 
 pub const OPEN_KFID: &str = "kfxxxxxxxxxxxxxx";

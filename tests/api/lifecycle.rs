@@ -57,10 +57,7 @@ async fn health_reports_serving_for_the_server_and_the_service() {
 
 #[tokio::test]
 async fn readiness_does_not_depend_on_wecom() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_reserved, closed) = refusing_addr();
     let app = spawn_app_with(|s| {
         s.apps.get_mut("default").unwrap().api_base = format!("http://{closed}");
     })
@@ -71,7 +68,7 @@ async fn readiness_does_not_depend_on_wecom() {
 
 #[tokio::test]
 async fn shutdown_reports_not_serving_while_draining_then_stops() {
-    let mut app = spawn_app_with(|s| s.server.drain_delay_ms = 500).await;
+    let mut app = spawn_app_with(|s| s.server.drain_delay_ms = 2_000).await;
     let mut health = health_client(&app).await;
 
     app.shut_down();
@@ -106,7 +103,10 @@ async fn an_in_flight_call_finishes_during_shutdown() {
     );
     let mut client = app.client.clone();
     let call = tokio::spawn(async move { client.cancel_upgrade(cancel()).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shut down only once the call is in flight: WeCom has received it.
+    while app.calls_to(wecom_kf_upgrade::wecom::Endpoint::CancelUpgrade) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     app.shut_down();
 

@@ -5,8 +5,8 @@ use wecom_kf_upgrade::{grpc::pb, sandbox::Fault, wecom::Endpoint};
 
 use crate::helpers::*;
 
-/// Runs `n` GetUpgradeConfig calls at once, each on its own connection's clone of
-/// the client, and returns their results.
+/// Runs `n` GetUpgradeConfig calls at once (clones of one client, multiplexed on
+/// its connection) and returns their results.
 async fn concurrent_config_calls(app: &TestApp, n: usize) -> Vec<Result<(), tonic::Status>> {
     let calls: Vec<_> = (0..n)
         .map(|_| {
