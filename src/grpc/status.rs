@@ -37,15 +37,25 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn gateway(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(
+        code: Code,
+        reason: &'static str,
+        domain: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             code,
             reason,
-            domain: GATEWAY_DOMAIN,
+            domain,
             message: message.into(),
             metadata: HashMap::new(),
             retry_after: None,
         }
+    }
+
+    /// A reason of the gateway's own.
+    fn gateway(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(code, reason, GATEWAY_DOMAIN, message)
     }
 
     fn with(mut self, key: &str, value: impl ToString) -> Self {
@@ -176,14 +186,7 @@ fn refusal(error: &Error) -> Refusal {
 fn from_errcode(code: i64, credentials_rejected: bool) -> Refusal {
     use errcode::*;
 
-    let wecom = |code, reason, message: &str| Refusal {
-        code,
-        reason,
-        domain: WECOM_DOMAIN,
-        message: message.to_owned(),
-        metadata: HashMap::new(),
-        retry_after: None,
-    };
+    let wecom = |code, reason, message: &str| Refusal::new(code, reason, WECOM_DOMAIN, message);
     match code {
         _ if credentials_rejected => wecom(
             Code::FailedPrecondition,

@@ -654,14 +654,14 @@ mod tests {
         assert_eq!(cache.get().await.unwrap().expose(), "token-1");
         tokio::time::sleep(Duration::from_secs(5)).await; // the refresh and its retries end
         assert_eq!(
-            cache.get().await.unwrap().expose(),
-            "token-1",
-            "still valid, still served"
-        );
-        assert_eq!(
             source.calls(),
             4,
             "the first fetch, then one refresh with two retries"
+        );
+        assert_eq!(
+            cache.get().await.unwrap().expose(),
+            "token-1",
+            "still valid, still served"
         );
     }
 

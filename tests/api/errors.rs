@@ -392,3 +392,17 @@ async fn an_http_429_is_resource_exhausted_with_retry_info_and_not_retried() {
     assert!(status.get_details_retry_info().is_some());
     assert_eq!(app.calls_to(Endpoint::GetUpgradeConfig), 1);
 }
+
+#[tokio::test]
+async fn an_http_408_from_a_proxy_is_retried() {
+    let mut app = spawn_app().await;
+    app.fault(
+        Endpoint::GetUpgradeConfig,
+        Fault {
+            http_status: Some(408),
+            ..Fault::default()
+        },
+    );
+    app.get_config().await.unwrap();
+    assert_eq!(app.calls_to(Endpoint::GetUpgradeConfig), 2);
+}
