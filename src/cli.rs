@@ -8,10 +8,11 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    config::{ProcessEnv, Settings},
+    config::{ConfigError, ProcessEnv, SandboxApp, Settings},
     sandbox::{DEMO_CORP_ID, DEMO_SECRET, Sandbox, SandboxConfig},
     signal::ShutdownSignals,
     startup::Application,
+    telemetry::ErrorChain,
 };
 
 /// gRPC gateway for WeCom 微信客服「升级服务」.
@@ -30,7 +31,7 @@ enum Command {
     Sandbox(SandboxArgs),
     /// Ask a gateway's gRPC health service; exit 0 only when it is SERVING.
     Health(HealthArgs),
-    /// Load and validate the configuration, print it with secrets redacted.
+    /// Load and validate the configuration; print it as a config file, secrets redacted.
     CheckConfig(ConfigArgs),
 }
 
@@ -84,38 +85,72 @@ struct HealthArgs {
 }
 
 impl Cli {
-    /// Runs the command; the exit code says whether it succeeded.
+    /// Runs the command; the exit code says whether it succeeded: 0, 64 (EX_USAGE)
+    /// for a bad configuration, 1 for any other failure.
     pub async fn run(self) -> ExitCode {
-        let result = match self.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Sandbox(args) => sandbox(args).await,
-            Command::Health(args) => return health(args).await,
-            // A command for people: its error goes to the terminal only.
-            Command::CheckConfig(args) => {
-                return check_config(args).map_or_else(
-                    |error| {
-                        eprintln!("wecom-kf-upgrade: {error}");
-                        ExitCode::FAILURE
-                    },
-                    |()| ExitCode::SUCCESS,
-                );
-            }
-        };
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                // Servers: in the structured log for the platform, and plainly for a person.
-                tracing::error!(%error, "exiting");
-                eprintln!("wecom-kf-upgrade: {error}");
-                ExitCode::FAILURE
-            }
+        match self.command {
+            // Servers report in their structured log, which a platform collects.
+            Command::Serve(args) => exit(serve(args).await, |error| {
+                tracing::error!(error = %ErrorChain(error.source()), "exiting");
+            }),
+            Command::Sandbox(args) => exit(sandbox(args).await, |error| {
+                tracing::error!(error = %ErrorChain(error.source()), "exiting");
+            }),
+            // Commands for people: their errors go to the terminal.
+            Command::CheckConfig(args) => exit(check_config(args), |error| {
+                eprintln!("wecom-kf-upgrade: {}", ErrorChain(error.source()));
+            }),
+            Command::Health(args) => health(args).await,
         }
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+/// Why a command failed, which decides its exit status.
+#[derive(Debug)]
+enum CommandError {
+    /// The configuration is wrong: starting again will not help until it is fixed.
+    Config(ConfigError),
+    /// Anything else.
+    Run(BoxError),
+}
+
+impl CommandError {
+    fn run(error: impl Into<BoxError>) -> Self {
+        CommandError::Run(error.into())
+    }
+
+    fn source(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            CommandError::Config(error) => error,
+            CommandError::Run(error) => error.as_ref(),
+        }
+    }
+}
+
+impl From<ConfigError> for CommandError {
+    fn from(error: ConfigError) -> Self {
+        CommandError::Config(error)
+    }
+}
+
+/// EX_USAGE from sysexits.h: the command was used with a bad configuration.
+const EX_USAGE: u8 = 64;
+
+/// The exit code for a command's result, after reporting a failure once.
+fn exit(result: Result<(), CommandError>, report: impl FnOnce(&CommandError)) -> ExitCode {
+    let Err(error) = result else {
+        return ExitCode::SUCCESS;
+    };
+    report(&error);
+    match error {
+        CommandError::Config(_) => ExitCode::from(EX_USAGE),
+        CommandError::Run(_) => ExitCode::FAILURE,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), CommandError> {
     let file = args.config.config.as_deref();
     // Kept alive for as long as the gateway runs.
     let mut _sandbox = None;
@@ -123,22 +158,25 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         let handle = Sandbox::new(SandboxConfig::default())
             .spawn(args.sandbox_listen)
             .await
-            .map_err(|e| format!("cannot start the sandbox on {}: {e}", args.sandbox_listen))?;
+            .map_err(|e| {
+                CommandError::run(format!(
+                    "cannot start the sandbox on {}: {e}",
+                    args.sandbox_listen
+                ))
+            })?;
         tracing::info!(
             base_url = %handle.base_url(),
             corp_id = DEMO_CORP_ID,
             "WeCom sandbox started; its state is at {}/sandbox/state",
             handle.base_url()
         );
-        let settings = Settings::load_for_sandbox(
-            file,
-            &ProcessEnv,
-            &handle.base_url(),
-            DEMO_CORP_ID,
-            DEMO_SECRET,
-        )?;
+        let demo = SandboxApp {
+            api_base: handle.base_url(),
+            corp_id: DEMO_CORP_ID.to_owned(),
+            secret: DEMO_SECRET.to_owned(),
+        };
         _sandbox = Some(handle);
-        settings
+        Settings::load_for_sandbox(file, &ProcessEnv, &demo)?
     } else {
         Settings::load(file, &ProcessEnv)?
     };
@@ -148,7 +186,9 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     if let Some(admin) = args.admin_listen {
         settings.admin_listen = admin;
     }
-    let app = Application::build(settings).await?;
+    let app = Application::build(settings)
+        .await
+        .map_err(CommandError::run)?;
     let mut signals = ShutdownSignals::new();
     let shutdown = async move {
         signals.recv().await;
@@ -160,20 +200,22 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
             std::process::exit(130);
         });
     };
-    app.run_until_stopped(shutdown).await?;
-    Ok(())
+    app.run_until_stopped(shutdown)
+        .await
+        .map_err(CommandError::run)
 }
 
-async fn sandbox(args: SandboxArgs) -> Result<(), BoxError> {
+async fn sandbox(args: SandboxArgs) -> Result<(), CommandError> {
     let config = SandboxConfig {
         token_ttl: Duration::from_secs(args.token_ttl_secs),
         ..SandboxConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        .map_err(|e| CommandError::run(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_err(CommandError::run)?;
     tracing::info!(
-        addr = %listener.local_addr()?,
+        %addr,
         corp_id = %config.corp_id,
         secret = %config.secret,
         "WeCom sandbox serving (demo credentials, not secrets)"
@@ -181,13 +223,14 @@ async fn sandbox(args: SandboxArgs) -> Result<(), BoxError> {
     let mut signals = ShutdownSignals::new();
     Sandbox::new(config)
         .serve(listener, async move { signals.recv().await })
-        .await?;
-    Ok(())
+        .await
+        .map_err(CommandError::run)
 }
 
-fn check_config(args: ConfigArgs) -> Result<(), BoxError> {
+/// Prints the configuration as TOML that loads back with `--config`.
+fn check_config(args: ConfigArgs) -> Result<(), CommandError> {
     let settings = Settings::load(args.config.as_deref(), &ProcessEnv)?;
-    print!("{}", settings.describe());
+    print!("{}", settings.to_toml());
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
-    config::Settings,
+    config::{Settings, is_cleartext_remote, redacted},
     grpc::{self, CustomerUpgradeServiceServer, UpgradeGateway, pb},
     wecom::Apps,
 };
@@ -63,15 +63,16 @@ impl Application {
     /// Builds the WeCom clients and binds both listeners (port 0 picks a free port).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         for (name, app) in &settings.apps {
-            if app.is_cleartext_remote() {
+            if is_cleartext_remote(&app.api_base) {
                 tracing::warn!(
                     app = %name,
-                    api_base = %app.api_base,
+                    api_base = %redacted(&app.api_base),
                     "plain HTTP to a remote host: the secret and tokens cross the network in clear text"
                 );
             }
         }
-        let apps = Apps::from_settings(&settings)?;
+        let (adapter, specs) = settings.adapter();
+        let apps = Apps::new(&adapter, specs, settings.default_app.clone())?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -115,7 +116,7 @@ impl Application {
         health
             .set_serving::<CustomerUpgradeServiceServer<UpgradeGateway>>()
             .await;
-        let gateway = UpgradeGateway::new(self.apps, self.settings.upstream.call_timeout());
+        let gateway = UpgradeGateway::new(self.apps, self.settings.upstream.call_timeout);
         let service = InterceptedService::new(
             CustomerUpgradeServiceServer::new(gateway)
                 .max_decoding_message_size(server_settings.max_decode_message_bytes),
@@ -170,7 +171,7 @@ impl Application {
         }
 
         tracing::info!(
-            drain_delay_ms = server_settings.drain_delay_ms,
+            drain_delay_ms = server_settings.drain_delay.as_millis() as u64,
             "shutdown requested: reporting NOT_SERVING and draining"
         );
         ready.store(false, Ordering::Release);
@@ -180,17 +181,17 @@ impl Application {
         health
             .set_not_serving::<CustomerUpgradeServiceServer<UpgradeGateway>>()
             .await;
-        tokio::time::sleep(server_settings.drain_delay()).await;
+        tokio::time::sleep(server_settings.drain_delay).await;
 
         let _ = stop_grpc.send(());
         // tonic waits for every connection to close, without limit; bound it.
-        let grace = server_settings.shutdown_grace();
+        let grace = server_settings.shutdown_grace;
         let result = match tokio::time::timeout(grace, &mut server).await {
             Ok(Ok(result)) => result.map_err(StartupError::from),
             Ok(Err(_)) => Err(StartupError::Stopped("the gRPC server task panicked")),
             Err(_) => {
                 tracing::warn!(
-                    shutdown_grace_ms = server_settings.shutdown_grace_ms,
+                    shutdown_grace_ms = grace.as_millis() as u64,
                     "in-flight calls did not finish within the shutdown grace; closing them"
                 );
                 server.abort();

@@ -1,19 +1,17 @@
 //! Every error the gateway returns, as a gRPC status with `google.rpc.ErrorInfo`.
 //!
-//! This file is the whole error model: one exhaustive mapping from
-//! [`wecom::Error`](crate::wecom::Error), plus the gateway's own refusals. Messages
-//! tell the caller what to do next; WeCom's own text travels in the ErrorInfo
-//! metadata (`errcode`, `errmsg`), never lost and never mixed into the message.
+//! This file is the whole error model: one exhaustive mapping from a
+//! [`CallError`] to the status and to who is at fault. Messages tell the caller
+//! what to do next; WeCom's own text travels in the ErrorInfo metadata (`errcode`,
+//! `errmsg`), never lost and never mixed into the message.
 
 use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{
-    domain::FieldViolation,
-    wecom::{Error, TransportKind, errcode},
-};
+use super::error::{CallError, Failure, Fault, summary};
+use crate::wecom::{Error, TransportKind, errcode};
 
 /// ErrorInfo domain of reasons that come from a WeCom errcode.
 pub const WECOM_DOMAIN: &str = "qyapi.weixin.qq.com";
@@ -26,14 +24,15 @@ pub const RATE_LIMIT_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// How long a caller should wait after WeCom's concurrency limit (45033).
 pub const CONCURRENCY_LIMIT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// A status under construction: code, message, ErrorInfo and optional extras.
+/// A status under construction: code, message, ErrorInfo, extras, and who is at fault.
 struct Refusal {
     code: Code,
     reason: &'static str,
     domain: &'static str,
+    fault: Fault,
     message: String,
     metadata: HashMap<String, String>,
-    retry_after: Option<Duration>,
+    details: ErrorDetails,
 }
 
 impl Refusal {
@@ -41,21 +40,23 @@ impl Refusal {
         code: Code,
         reason: &'static str,
         domain: &'static str,
+        fault: Fault,
         message: impl Into<String>,
     ) -> Self {
         Self {
             code,
             reason,
             domain,
+            fault,
             message: message.into(),
             metadata: HashMap::new(),
-            retry_after: None,
+            details: ErrorDetails::new(),
         }
     }
 
     /// A reason of the gateway's own.
-    fn gateway(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
-        Self::new(code, reason, GATEWAY_DOMAIN, message)
+    fn gateway(code: Code, reason: &'static str, fault: Fault, message: impl Into<String>) -> Self {
+        Self::new(code, reason, GATEWAY_DOMAIN, fault, message)
     }
 
     fn with(mut self, key: &str, value: impl ToString) -> Self {
@@ -64,51 +65,101 @@ impl Refusal {
     }
 
     fn retry_after(mut self, delay: Duration) -> Self {
-        self.retry_after = Some(delay);
+        self.details.set_retry_info(Some(delay));
         self
     }
+}
 
-    fn into_status(self, mut details: ErrorDetails) -> Status {
-        details.set_error_info(self.reason, self.domain, self.metadata);
-        if let Some(delay) = self.retry_after {
-            details.set_retry_info(Some(delay));
+/// Maps a failed call to its status, in one match, and keeps the cause for the log.
+pub(crate) fn refuse(error: CallError) -> Failure {
+    let mut refusal = match &error {
+        CallError::UnknownApp {
+            requested,
+            configured,
+        } => Refusal::gateway(
+            Code::InvalidArgument,
+            "UNKNOWN_APP",
+            Fault::Caller,
+            format!(
+                "x-wecom-app `{requested}` is not a configured app; use one of: {}",
+                configured.join(", ")
+            ),
+        )
+        .with("app", requested)
+        .with("configured_apps", configured.join(",")),
+        CallError::InvalidMetadata { key, problem } => Refusal::gateway(
+            Code::InvalidArgument,
+            "INVALID_METADATA",
+            Fault::Caller,
+            format!("metadata {key} {problem}"),
+        )
+        .with("key", key),
+        CallError::InvalidRequest(violations) => {
+            let mut refusal = Refusal::gateway(
+                Code::InvalidArgument,
+                "INVALID_REQUEST",
+                Fault::Caller,
+                format!("invalid request: {}", summary(violations)),
+            );
+            for v in violations {
+                refusal
+                    .details
+                    .add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+            let fields = violations.iter().map(|v| v.field.as_str());
+            refusal.with("fields", fields.collect::<Vec<_>>().join(","))
         }
-        Status::with_error_details(self.code, self.message, details)
-    }
-}
-
-/// The status for an adapter error.
-pub fn from_wecom(error: &Error) -> Status {
-    refusal(error).into_status(ErrorDetails::new())
-}
-
-fn refusal(error: &Error) -> Refusal {
-    match error {
-        Error::Api {
-            endpoint,
-            errcode,
-            errmsg,
-        } => {
-            let mut r = from_errcode(*errcode, error.is_credential_rejection());
-            r.message = format!("{} (WeCom {endpoint} errcode {errcode})", r.message);
-            r.with("errcode", errcode)
+        CallError::DeadlineExceeded { waited } => Refusal::gateway(
+            Code::DeadlineExceeded,
+            "DEADLINE_EXCEEDED",
+            Fault::Caller,
+            format!(
+                "the call's deadline passed before WeCom answered (after {} ms of waiting for \
+                 WeCom); the operation may or may not have taken effect: retry with a longer \
+                 deadline",
+                waited.as_millis()
+            ),
+        ),
+        CallError::CallTimeout { timeout } => Refusal::gateway(
+            Code::Unavailable,
+            "UPSTREAM_TIMEOUT",
+            Fault::WeCom,
+            format!(
+                "WeCom did not answer within the gateway's call timeout of {} ms \
+                 (upstream.call_timeout_ms); retry with backoff",
+                timeout.as_millis()
+            ),
+        ),
+        CallError::WeCom(
+            wecom @ Error::Api {
+                endpoint,
+                errcode,
+                errmsg,
+            },
+        ) => {
+            let mut refusal = from_errcode(*errcode, wecom.is_credential_rejection());
+            refusal.message = format!("{} (WeCom {endpoint} errcode {errcode})", refusal.message);
+            refusal
+                .with("errcode", errcode)
                 .with("errmsg", errmsg)
                 .with("endpoint", endpoint)
         }
-        Error::HttpStatus { endpoint, status } => {
+        CallError::WeCom(wecom @ Error::HttpStatus { endpoint, status }) => {
             let refusal = match status {
                 429 => Refusal::gateway(
                     Code::ResourceExhausted,
                     "UPSTREAM_RATE_LIMITED",
+                    Fault::WeCom,
                     format!(
                         "WeCom {endpoint} answered HTTP 429 (too many requests); retry after \
                          the RetryInfo delay"
                     ),
                 )
                 .retry_after(CONCURRENCY_LIMIT_RETRY_DELAY),
-                _ if error.is_transient() => Refusal::gateway(
+                _ if wecom.is_transient() => Refusal::gateway(
                     Code::Unavailable,
                     "UPSTREAM_HTTP_ERROR",
+                    Fault::WeCom,
                     format!(
                         "WeCom {endpoint} answered HTTP {status} after the gateway's retries; \
                          retry with backoff"
@@ -117,6 +168,7 @@ fn refusal(error: &Error) -> Refusal {
                 _ => Refusal::gateway(
                     Code::Internal,
                     "UPSTREAM_HTTP_ERROR",
+                    Fault::Operator,
                     format!(
                         "WeCom {endpoint} answered HTTP {status}; check the app's api_base \
                          and any proxy in front of WeCom"
@@ -127,7 +179,7 @@ fn refusal(error: &Error) -> Refusal {
                 .with("http_status", status)
                 .with("endpoint", endpoint)
         }
-        Error::Transport { endpoint, kind, .. } => {
+        CallError::WeCom(Error::Transport { endpoint, kind, .. }) => {
             let (reason, what) = match kind {
                 TransportKind::Timeout => ("UPSTREAM_TIMEOUT", "did not answer in time"),
                 TransportKind::Connect => ("UPSTREAM_UNREACHABLE", "could not be reached"),
@@ -136,49 +188,41 @@ fn refusal(error: &Error) -> Refusal {
             Refusal::gateway(
                 Code::Unavailable,
                 reason,
+                Fault::WeCom,
                 format!("WeCom {endpoint} {what} after the gateway's retries; retry with backoff"),
             )
             .with("endpoint", endpoint)
         }
-        Error::MalformedBody { endpoint, .. } => Refusal::gateway(
+        CallError::WeCom(Error::MalformedBody { endpoint, .. }) => Refusal::gateway(
             Code::Internal,
             "UPSTREAM_MALFORMED_BODY",
+            Fault::WeCom,
             format!(
                 "WeCom {endpoint} answered HTTP 200 with a body that is not the JSON WeCom \
                  documents; the gateway's logs have the details"
             ),
         )
         .with("endpoint", endpoint),
-        Error::BodyTooLarge { endpoint, limit } => Refusal::gateway(
+        CallError::WeCom(Error::BodyTooLarge { endpoint, limit }) => Refusal::gateway(
             Code::Internal,
             "UPSTREAM_BODY_TOO_LARGE",
+            Fault::Operator,
             format!(
                 "WeCom {endpoint} answered a body over {limit} bytes (upstream.max_body_bytes)"
             ),
         )
         .with("endpoint", endpoint)
         .with("limit_bytes", limit),
-        Error::CallTimeout { timeout_ms } => Refusal::gateway(
-            Code::Unavailable,
-            "UPSTREAM_TIMEOUT",
-            format!(
-                "WeCom did not answer within the gateway's call timeout of {timeout_ms} ms \
-                 (upstream.call_timeout_ms); retry with backoff"
-            ),
-        ),
-        Error::UnknownApp {
-            requested,
-            configured,
-        } => Refusal::gateway(
-            Code::InvalidArgument,
-            "UNKNOWN_APP",
-            format!(
-                "x-wecom-app `{requested}` is not a configured app; use one of: {}",
-                configured.join(", ")
-            ),
-        )
-        .with("app", requested)
-        .with("configured_apps", configured.join(",")),
+    };
+    let metadata = std::mem::take(&mut refusal.metadata);
+    refusal
+        .details
+        .set_error_info(refusal.reason, refusal.domain, metadata);
+    Failure {
+        status: Status::with_error_details(refusal.code, refusal.message, refusal.details),
+        reason: refusal.reason,
+        fault: refusal.fault,
+        error,
     }
 }
 
@@ -186,178 +230,150 @@ fn refusal(error: &Error) -> Refusal {
 fn from_errcode(code: i64, credentials_rejected: bool) -> Refusal {
     use errcode::*;
 
-    let wecom = |code, reason, message: &str| Refusal::new(code, reason, WECOM_DOMAIN, message);
+    let wecom = |code, reason, fault, message: &str| {
+        Refusal::new(code, reason, WECOM_DOMAIN, fault, message)
+    };
     match code {
         _ if credentials_rejected => wecom(
             Code::FailedPrecondition,
             "CREDENTIALS_REJECTED",
+            Fault::Operator,
             "WeCom refused the gateway's corp_id or secret for this app; an operator must fix \
              the app's configuration",
         ),
         SYSTEM_BUSY => wecom(
             Code::Unavailable,
             "SYSTEM_BUSY",
+            Fault::WeCom,
             "WeCom is busy (系统繁忙) after the gateway's retries; retry with backoff",
         ),
         INVALID_CREDENTIAL | INVALID_ACCESS_TOKEN | ACCESS_TOKEN_EXPIRED => wecom(
             Code::Unavailable,
             "ACCESS_TOKEN_REJECTED",
+            Fault::WeCom,
             "WeCom refused a freshly fetched access token; retry with backoff",
         ),
         INVALID_CORPID => wecom(
             Code::FailedPrecondition,
             "CREDENTIALS_REJECTED",
+            Fault::Operator,
             "WeCom refused the gateway's corp_id; an operator must fix the app's configuration",
         ),
         MISSING_ACCESS_TOKEN => wecom(
             Code::Internal,
             "ACCESS_TOKEN_MISSING",
+            Fault::Operator,
             "WeCom received no access token from the gateway; report this gateway bug",
         ),
         INVALID_JSON => wecom(
             Code::Internal,
             "REQUEST_NOT_UNDERSTOOD",
+            Fault::Operator,
             "WeCom could not read the gateway's JSON; report this gateway bug",
         ),
         RATE_LIMITED => wecom(
             Code::ResourceExhausted,
             "RATE_LIMITED",
+            Fault::WeCom,
             "WeCom's call frequency limit for this API was reached; retry after the RetryInfo delay",
         )
         .retry_after(RATE_LIMIT_RETRY_DELAY),
         CONCURRENCY_LIMITED => wecom(
             Code::ResourceExhausted,
             "CONCURRENCY_LIMITED",
+            Fault::WeCom,
             "WeCom's concurrency limit for this API was reached; retry after the RetryInfo delay",
         )
         .retry_after(CONCURRENCY_LIMIT_RETRY_DELAY),
         API_NOT_PERMITTED => wecom(
             Code::PermissionDenied,
             "API_NOT_PERMITTED",
+            Fault::Operator,
             "this app may not call the 微信客服 API: add it to 「微信客服」-「可调用接口的应用」 \
              or grant the 升级服务 permission",
         ),
         OUT_OF_VISIBLE_RANGE => wecom(
             Code::PermissionDenied,
             "OUT_OF_VISIBLE_RANGE",
+            Fault::Operator,
             "the member, group owner or receptionist is outside the app's visible range",
         ),
         UNTRUSTED_IP => wecom(
             Code::PermissionDenied,
             "UNTRUSTED_IP",
+            Fault::Operator,
             "the gateway's egress IP is not among the app's trusted IPs (企业可信IP)",
         ),
         APP_NOT_PERMITTED => wecom(
             Code::PermissionDenied,
             "APP_NOT_PERMITTED",
+            Fault::Operator,
             "this app has no permission for the requested operation",
         ),
         INVALID_OPEN_KFID => wecom(
             Code::InvalidArgument,
             "INVALID_OPEN_KFID",
+            Fault::Caller,
             "open_kfid is not a valid customer-service account id; fix the request",
         ),
         OPEN_KFID_NOT_FOUND => wecom(
             Code::NotFound,
             "OPEN_KFID_NOT_FOUND",
+            Fault::Caller,
             "no customer-service account has this open_kfid; fix the request",
         ),
         NOT_CONFIGURED_FOR_UPGRADE => wecom(
             Code::FailedPrecondition,
             "UPGRADE_TARGET_NOT_CONFIGURED",
+            Fault::Caller,
             "the userid or chat_id is not configured in 「微信客服」-「升级服务」; pick one \
              from GetUpgradeConfig or configure it in the WeCom admin console",
         ),
         INVALID_EXTERNAL_USERID => wecom(
             Code::InvalidArgument,
             "INVALID_EXTERNAL_USERID",
+            Fault::Caller,
             "external_userid is not a valid customer of this corp; fix the request",
         ),
         INVALID_USERID => wecom(
             Code::InvalidArgument,
             "INVALID_USERID",
+            Fault::Caller,
             "userid is not a member of this corp; fix the request",
         ),
         INVALID_PARAMETER => wecom(
             Code::InvalidArgument,
             "INVALID_PARAMETER",
+            Fault::Caller,
             "WeCom refused a parameter of the request; errmsg says which",
         ),
         code if KF_RANGE.contains(&code) => wecom(
             Code::FailedPrecondition,
             "KF_STATE_REJECTED",
+            Fault::Caller,
             "WeCom's 微信客服 refused the operation in the current state; errmsg says why",
         ),
         _ => wecom(
             Code::Unknown,
             "WECOM_ERROR",
+            Fault::WeCom,
             "WeCom refused the call with an errcode the gateway does not classify; errmsg says why",
         ),
     }
 }
 
-/// INVALID_ARGUMENT with a `google.rpc.BadRequest` naming every bad field.
-pub fn invalid_request(violations: Vec<FieldViolation>) -> Status {
-    let summary = violations
-        .iter()
-        .map(|v| format!("{} {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let fields = violations
-        .iter()
-        .map(|v| v.field.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut details = ErrorDetails::new();
-    for v in violations.iter() {
-        details.add_bad_request_violation(v.field.clone(), v.description.clone());
-    }
-    Refusal::gateway(
-        Code::InvalidArgument,
-        "INVALID_REQUEST",
-        format!("invalid request: {summary}"),
-    )
-    .with("fields", fields)
-    .into_status(details)
-}
-
-/// INVALID_ARGUMENT for unreadable request metadata.
-pub fn invalid_metadata(key: &str, problem: &str) -> Status {
-    Refusal::gateway(
-        Code::InvalidArgument,
-        "INVALID_METADATA",
-        format!("metadata {key} {problem}"),
-    )
-    .with("key", key)
-    .into_status(ErrorDetails::new())
-}
-
-/// DEADLINE_EXCEEDED: the caller's deadline (less the gateway's headroom) passed
-/// after `waited` of upstream work, before WeCom answered.
-pub fn deadline_exceeded(waited: Duration) -> Status {
-    Refusal::gateway(
-        Code::DeadlineExceeded,
-        "DEADLINE_EXCEEDED",
-        format!(
-            "the call's deadline passed before WeCom answered (after {} ms of waiting for \
-             WeCom); the operation may or may not have taken effect: retry with a longer deadline",
-            waited.as_millis()
-        ),
-    )
-    .into_status(ErrorDetails::new())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wecom::Endpoint;
+    use crate::{domain::FieldViolation, wecom::Endpoint};
 
     fn api(endpoint: Endpoint, errcode: i64) -> Status {
-        from_wecom(&Error::Api {
+        refuse(CallError::WeCom(Error::Api {
             endpoint,
             errcode,
             errmsg: "msg".into(),
-        })
+        }))
+        .status
     }
 
     #[test]
@@ -381,6 +397,29 @@ mod tests {
     }
 
     #[test]
+    fn each_failure_names_who_must_act() {
+        let fault = |endpoint, errcode| {
+            refuse(CallError::WeCom(Error::Api {
+                endpoint,
+                errcode,
+                errmsg: String::new(),
+            }))
+            .fault
+        };
+        assert_eq!(fault(Endpoint::UpgradeService, 95021), Fault::Caller);
+        assert_eq!(fault(Endpoint::GetToken, 40001), Fault::Operator);
+        assert_eq!(fault(Endpoint::UpgradeService, 60020), Fault::Operator);
+        assert_eq!(fault(Endpoint::UpgradeService, -1), Fault::WeCom);
+        let timeout = refuse(CallError::CallTimeout {
+            timeout: Duration::from_secs(1),
+        });
+        assert_eq!(
+            (timeout.fault, timeout.reason),
+            (Fault::WeCom, "UPSTREAM_TIMEOUT")
+        );
+    }
+
+    #[test]
     fn rate_limits_carry_retry_info() {
         let status = api(Endpoint::UpgradeService, 45009);
         assert_eq!(status.code(), Code::ResourceExhausted);
@@ -398,7 +437,7 @@ mod tests {
 
     #[test]
     fn validation_names_every_field() {
-        let status = invalid_request(vec![
+        let failure = refuse(CallError::InvalidRequest(vec![
             FieldViolation {
                 field: "open_kfid".into(),
                 description: "is required".into(),
@@ -407,7 +446,9 @@ mod tests {
                 field: "member.userid".into(),
                 description: "is required".into(),
             },
-        ]);
+        ]));
+        assert_eq!(failure.fault, Fault::Caller);
+        let status = failure.status;
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad = status.get_details_bad_request().unwrap();
         let fields: Vec<_> = bad

@@ -1,4 +1,6 @@
-//! The sandbox's HTTP routes.
+//! The sandbox's HTTP routes, in WeCom's own words: the paths and errcodes as
+//! WeCom's documents write them, not the adapter's constants, so that a typo in
+//! the adapter cannot hide from the tests that use the sandbox.
 
 use std::{
     collections::HashMap,
@@ -8,33 +10,51 @@ use std::{
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{Query, State},
-    http::{StatusCode, header},
+    body::{Body, Bytes},
+    extract::{Query, Request, State},
+    http::{Method, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde_json::{Value, json};
 
 use super::{Fault, MAX_RECORDED_REQUESTS, RecordedRequest, Sandbox};
-use crate::wecom::{Endpoint, errcode};
 
-type Params = Query<HashMap<String, String>>;
+type Params = HashMap<String, String>;
+
+/// 获取access_token.
+const GETTOKEN: &str = "/cgi-bin/gettoken";
+/// 获取配置的专员与客户群.
+const GET_UPGRADE_SERVICE_CONFIG: &str = "/cgi-bin/kf/customer/get_upgrade_service_config";
+/// 为客户升级为专员或客户群服务.
+const UPGRADE_SERVICE: &str = "/cgi-bin/kf/customer/upgrade_service";
+/// 为客户取消推荐.
+const CANCEL_UPGRADE_SERVICE: &str = "/cgi-bin/kf/customer/cancel_upgrade_service";
+
+/// Largest request body the sandbox reads; WeCom's bodies are a few hundred bytes.
+const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// How long an expired token is still recognised as one of ours.
 const EXPIRED_TOKENS_KEPT: Duration = Duration::from_secs(3600);
 
 pub(super) fn router(sandbox: Arc<Sandbox>) -> Router {
+    let wecom = Router::new()
+        .route(GETTOKEN, get(gettoken))
+        .route(GET_UPGRADE_SERVICE_CONFIG, get(get_upgrade_config))
+        .route(UPGRADE_SERVICE, post(upgrade_service))
+        .route(CANCEL_UPGRADE_SERVICE, post(cancel_upgrade))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&sandbox),
+            front_desk,
+        ));
     Router::new()
-        .route(Endpoint::GetToken.path(), get(gettoken))
-        .route(Endpoint::GetUpgradeConfig.path(), get(get_upgrade_config))
-        .route(Endpoint::UpgradeService.path(), post(upgrade_service))
-        .route(Endpoint::CancelUpgrade.path(), post(cancel_upgrade))
         .route("/sandbox/state", get(state))
         .route("/sandbox/requests", get(requests))
         .route("/sandbox/faults", post(add_fault).delete(clear_faults))
         .route("/sandbox/expire-tokens", post(expire_tokens))
         .route("/sandbox/revoke-tokens", post(revoke_tokens))
+        .merge(wecom)
         .with_state(sandbox)
 }
 
@@ -60,22 +80,57 @@ fn ok(mut fields: Value) -> Response {
     Json(fields).into_response()
 }
 
+/// What happens to every WeCom request before its route answers: it is recorded,
+/// a scripted fault for its path answers instead, and (but for `gettoken`) its
+/// access token is checked as WeCom checks it.
+async fn front_desk(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let params: Params = Query::try_from_uri(&parts.uri)
+        .map(|Query(params)| params)
+        .unwrap_or_default();
+    let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await else {
+        return Refused(47001, "data format error").into_response();
+    };
+    let path = parts.uri.path();
+    sandbox.record(&parts.method, path, &params, &body);
+    if let Some(fault) = sandbox.scripted(path).await {
+        return fault;
+    }
+    if path != GETTOKEN
+        && let Err(refused) = sandbox.check_token(&params)
+    {
+        return refused.into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
 // === impl Sandbox (request handling) ===
 
 impl Sandbox {
-    fn record(&self, method: &str, path: &str, params: &HashMap<String, String>, body: Value) {
+    fn record(&self, method: &Method, path: &str, params: &Params, body: &Bytes) {
+        let body = if path == GETTOKEN {
+            // The secret is not recorded: the sandbox's requests are shown to anyone.
+            json!({ "corpid": params.get("corpid") })
+        } else if *method == Method::GET {
+            Value::Null
+        } else {
+            serde_json::from_slice(body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+        };
         let mut state = self.state();
+        if path == GETTOKEN {
+            state.gettoken_calls += 1;
+        }
         if state.requests.len() >= MAX_RECORDED_REQUESTS {
             state.requests.pop_front();
         }
         state.requests.push_back(RecordedRequest {
-            method: method.to_owned(),
+            method: method.to_string(),
             path: path.to_owned(),
             had_access_token: params.contains_key("access_token"),
             body,
         });
     }
-
     /// Applies the first fault scripted for `path`, if any: waits its delay, then
     /// returns its answer, or `None` to let the normal answer through.
     async fn scripted(&self, path: &str) -> Option<Response> {
@@ -113,33 +168,26 @@ impl Sandbox {
     }
 
     /// WeCom's token check: 41001 without one, 40014 if unknown, 42001 if expired.
-    fn check_token(&self, params: &HashMap<String, String>) -> Result<(), Refused> {
+    fn check_token(&self, params: &Params) -> Result<(), Refused> {
         let Some(token) = params.get("access_token").filter(|t| !t.is_empty()) else {
-            return Err(Refused(
-                errcode::MISSING_ACCESS_TOKEN,
-                "access_token missing",
-            ));
+            return Err(Refused(41001, "access_token missing"));
         };
         match self.state().tokens.get(token) {
-            None => Err(Refused(
-                errcode::INVALID_ACCESS_TOKEN,
-                "invalid access_token",
-            )),
-            Some(expiry) if Instant::now() >= *expiry => Err(Refused(
-                errcode::ACCESS_TOKEN_EXPIRED,
-                "access_token expired",
-            )),
+            None => Err(Refused(40014, "invalid access_token")),
+            Some(expiry) if Instant::now() >= *expiry => {
+                Err(Refused(42001, "access_token expired"))
+            }
             Some(_) => Ok(()),
         }
     }
 
     /// The normal `gettoken` answer.
-    fn issue_token(&self, params: &HashMap<String, String>) -> Response {
+    fn issue_token(&self, params: &Params) -> Response {
         if params.get("corpid") != Some(&self.config.corp_id) {
-            return answer(errcode::INVALID_CORPID, "invalid corpid");
+            return answer(40013, "invalid corpid");
         }
         if params.get("corpsecret") != Some(&self.config.secret) {
-            return answer(errcode::INVALID_CREDENTIAL, "invalid credential");
+            return answer(40001, "invalid credential");
         }
         let now = Instant::now();
         let mut state = self.state();
@@ -169,13 +217,8 @@ impl Sandbox {
 fn json_body(body: &Bytes) -> Result<Value, Refused> {
     match serde_json::from_slice::<Value>(body) {
         Ok(value) if value.is_object() => Ok(value),
-        _ => Err(Refused(errcode::INVALID_JSON, "data format error")),
+        _ => Err(Refused(47001, "data format error")),
     }
-}
-
-fn recorded_body(body: &Bytes) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
 /// The (open_kfid, external_userid) of a body, with WeCom's errcodes when missing.
@@ -185,45 +228,19 @@ fn customer_of(body: &Value) -> Result<(String, String), Refused> {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
     };
-    let open_kfid =
-        text("open_kfid").ok_or(Refused(errcode::INVALID_OPEN_KFID, "invalid open_kfid"))?;
-    let external_userid = text("external_userid").ok_or(Refused(
-        errcode::INVALID_EXTERNAL_USERID,
-        "invalid external_userid",
-    ))?;
+    let open_kfid = text("open_kfid").ok_or(Refused(95000, "invalid open_kfid"))?;
+    let external_userid =
+        text("external_userid").ok_or(Refused(40096, "invalid external_userid"))?;
     Ok((open_kfid.to_owned(), external_userid.to_owned()))
 }
 
 // === WeCom routes ===
 
-async fn gettoken(State(sandbox): State<Arc<Sandbox>>, Query(params): Params) -> Response {
-    let path = Endpoint::GetToken.path();
-    // The secret is not recorded: the sandbox's requests are shown to anyone.
-    sandbox.record(
-        "GET",
-        path,
-        &params,
-        json!({ "corpid": params.get("corpid") }),
-    );
-    sandbox.state().gettoken_calls += 1;
-    if let Some(fault) = sandbox.scripted(path).await {
-        return fault;
-    }
+async fn gettoken(State(sandbox): State<Arc<Sandbox>>, Query(params): Query<Params>) -> Response {
     sandbox.issue_token(&params)
 }
 
-async fn get_upgrade_config(
-    State(sandbox): State<Arc<Sandbox>>,
-    Query(params): Params,
-) -> Response {
-    let path = Endpoint::GetUpgradeConfig.path();
-    sandbox.record("GET", path, &params, Value::Null);
-    if let Some(fault) = sandbox.scripted(path).await {
-        return fault;
-    }
-    if let Err(refused) = sandbox.check_token(&params) {
-        return refused.into_response();
-    }
+async fn get_upgrade_config(State(sandbox): State<Arc<Sandbox>>) -> Response {
     let config = sandbox.config();
     ok(json!({
         "member_range": {
@@ -234,18 +251,8 @@ async fn get_upgrade_config(
     }))
 }
 
-async fn upgrade_service(
-    State(sandbox): State<Arc<Sandbox>>,
-    Query(params): Params,
-    body: Bytes,
-) -> Response {
-    let path = Endpoint::UpgradeService.path();
-    sandbox.record("POST", path, &params, recorded_body(&body));
-    if let Some(fault) = sandbox.scripted(path).await {
-        return fault;
-    }
-    let checked = sandbox.check_token(&params).and_then(|()| {
-        let body = json_body(&body)?;
+async fn upgrade_service(State(sandbox): State<Arc<Sandbox>>, body: Bytes) -> Response {
+    let checked = json_body(&body).and_then(|body| {
         let customer = customer_of(&body)?;
         let config = sandbox.config();
         let target = |object: &str, key: &str| {
@@ -257,18 +264,15 @@ async fn upgrade_service(
         let configured = match body.get("type").and_then(Value::as_i64) {
             Some(1) => target("member", "userid")
                 .map(|userid| config.member_userids.contains(&userid))
-                .ok_or(Refused(errcode::INVALID_PARAMETER, "member.userid missing"))?,
+                .ok_or(Refused(40058, "member.userid missing"))?,
             Some(2) => target("groupchat", "chat_id")
                 .map(|chat_id| config.group_chat_ids.contains(&chat_id))
-                .ok_or(Refused(
-                    errcode::INVALID_PARAMETER,
-                    "groupchat.chat_id missing",
-                ))?,
-            _ => return Err(Refused(errcode::INVALID_PARAMETER, "invalid type")),
+                .ok_or(Refused(40058, "groupchat.chat_id missing"))?,
+            _ => return Err(Refused(40058, "invalid type")),
         };
         if !configured {
             return Err(Refused(
-                errcode::NOT_CONFIGURED_FOR_UPGRADE,
+                95021,
                 "userid or chat_id not configured in upgrade service",
             ));
         }
@@ -283,20 +287,8 @@ async fn upgrade_service(
     }
 }
 
-async fn cancel_upgrade(
-    State(sandbox): State<Arc<Sandbox>>,
-    Query(params): Params,
-    body: Bytes,
-) -> Response {
-    let path = Endpoint::CancelUpgrade.path();
-    sandbox.record("POST", path, &params, recorded_body(&body));
-    if let Some(fault) = sandbox.scripted(path).await {
-        return fault;
-    }
-    let checked = sandbox
-        .check_token(&params)
-        .and_then(|()| customer_of(&json_body(&body)?));
-    match checked {
+async fn cancel_upgrade(State(sandbox): State<Arc<Sandbox>>, body: Bytes) -> Response {
+    match json_body(&body).and_then(|body| customer_of(&body)) {
         Ok(customer) => {
             sandbox.state().recommendations.remove(&customer);
             ok(json!({}))

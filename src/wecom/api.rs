@@ -3,14 +3,26 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::{Endpoint, Error};
+use super::{Endpoint, Error, transport::Reply};
 use crate::domain::{Customer, Upgrade, UpgradeConfig, UpgradeTarget};
 
-/// Decodes a WeCom answer: `errcode` must be present and an integer; a non-zero
+/// Reads a WeCom reply: HTTP 200 (anything else is [`Error::HttpStatus`]), then
+/// WeCom's envelope (see [`decode_body`]).
+pub(crate) fn decode<T: DeserializeOwned>(endpoint: Endpoint, reply: Reply) -> Result<T, Error> {
+    if reply.status != 200 {
+        return Err(Error::HttpStatus {
+            endpoint,
+            status: reply.status,
+        });
+    }
+    decode_body(endpoint, &reply.body)
+}
+
+/// Decodes WeCom's envelope: `errcode` must be present and an integer; a non-zero
 /// errcode becomes [`Error::Api`]; with errcode 0 the body must match `T`.
 ///
 /// Never panics, whatever the bytes: a property test feeds it arbitrary input.
-pub fn decode<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, Error> {
+fn decode_body<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, Error> {
     let malformed = |problem: String| Error::MalformedBody { endpoint, problem };
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         // The start of an HTML error page tells an operator what answered; a
@@ -40,6 +52,13 @@ pub fn decode<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T,
         });
     }
     T::deserialize(value).map_err(|e| malformed(e.to_string()))
+}
+
+/// Serializes a request body. These borrowed-string structs cannot fail to
+/// serialize: serde_json fails only on maps with non-string keys and on custom
+/// `Serialize` impls that fail, and they have neither.
+pub(crate) fn encode(body: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).expect("request bodies have only string keys and derived Serialize")
 }
 
 /// `gettoken`'s answer. No `Debug`: it holds the token in the clear.
@@ -190,7 +209,7 @@ mod tests {
     const E: Endpoint = Endpoint::GetUpgradeConfig;
 
     fn config(body: &str) -> Result<UpgradeConfig, Error> {
-        decode::<UpgradeConfigAnswer>(E, body.as_bytes()).map(UpgradeConfig::from)
+        decode_body::<UpgradeConfigAnswer>(E, body.as_bytes()).map(UpgradeConfig::from)
     }
 
     fn problem(result: Result<UpgradeConfig, Error>) -> String {
@@ -299,16 +318,16 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = config(&String::from_utf8_lossy(&body));
-            let _ = decode::<UpgradeConfigAnswer>(E, &body);
-            let _ = decode::<TokenAnswer>(Endpoint::GetToken, &body);
+            let _ = decode_body::<UpgradeConfigAnswer>(E, &body);
+            let _ = decode_body::<TokenAnswer>(Endpoint::GetToken, &body);
         }
 
         #[test]
         fn arbitrary_json_never_panics_the_decoder(value in arb_json()) {
             let body = serde_json::to_vec(&value).unwrap();
-            let _ = decode::<UpgradeConfigAnswer>(E, &body).map(UpgradeConfig::from);
-            let _ = decode::<TokenAnswer>(Endpoint::GetToken, &body);
-            let _ = decode::<EmptyAnswer>(Endpoint::CancelUpgrade, &body);
+            let _ = decode_body::<UpgradeConfigAnswer>(E, &body).map(UpgradeConfig::from);
+            let _ = decode_body::<TokenAnswer>(Endpoint::GetToken, &body);
+            let _ = decode_body::<EmptyAnswer>(Endpoint::CancelUpgrade, &body);
         }
     }
 

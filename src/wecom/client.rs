@@ -2,43 +2,51 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use serde::{Serialize, de::DeserializeOwned};
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use url::Url;
 
 use super::{
-    Endpoint, Error, GetToken, Retry, TokenCache, Transport,
-    api::{CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
-    transport::Call,
+    Endpoint, Error, GetToken, HttpSettings, Retry, TokenCache, TokenPolicy,
+    api::{self, CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
+    transport::{Call, Transport},
 };
-use crate::{
-    config::Settings,
-    domain::{Customer, Upgrade, UpgradeConfig},
-};
+use crate::domain::{Customer, Upgrade, UpgradeConfig};
+
+/// One WeCom app, as the adapter needs to know it.
+#[derive(Debug)]
+pub struct AppSpec {
+    /// The name callers pick it by.
+    pub name: String,
+    /// 企业ID (`corpid`).
+    pub corp_id: String,
+    /// The app's `corpsecret`; only `gettoken` reads it.
+    pub secret: SecretString,
+    /// Where WeCom is.
+    pub api_base: Url,
+}
+
+/// How the adapter talks to WeCom, for every app.
+#[derive(Debug, Clone)]
+pub struct AdapterSettings {
+    /// The HTTP client's timeouts and limits.
+    pub http: HttpSettings,
+    /// Retries of transient failures, for business calls and token fetches alike.
+    pub retry: Retry,
+    /// How tokens are kept and failed fetches held.
+    pub tokens: TokenPolicy,
+}
 
 /// One configured WeCom app: its token cache and its calls.
 #[derive(Debug)]
 pub struct AppClient {
     name: String,
     transport: Transport,
-    tokens: Arc<TokenCache>,
+    tokens: TokenCache,
     retry: Retry,
 }
 
 impl AppClient {
-    /// A client whose tokens come from `tokens`.
-    pub(crate) fn new(
-        name: impl Into<String>,
-        transport: Transport,
-        tokens: Arc<TokenCache>,
-        retry: Retry,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            transport,
-            tokens,
-            retry,
-        }
-    }
-
     /// The app's configured name.
     pub fn name(&self) -> &str {
         &self.name
@@ -52,14 +60,14 @@ impl AppClient {
 
     /// 为客户升级为专员或客户群服务.
     pub async fn upgrade_service(&self, upgrade: &Upgrade) -> Result<(), Error> {
-        let body = json(&UpgradeBody::from(upgrade));
+        let body = api::encode(&UpgradeBody::from(upgrade));
         let _: EmptyAnswer = self.call(Endpoint::UpgradeService, Some(&body)).await?;
         Ok(())
     }
 
     /// 为客户取消推荐.
     pub async fn cancel_upgrade(&self, customer: &Customer) -> Result<(), Error> {
-        let body = json(&CancelBody::from(customer));
+        let body = api::encode(&CancelBody::from(customer));
         let _: EmptyAnswer = self.call(Endpoint::CancelUpgrade, Some(&body)).await?;
         Ok(())
     }
@@ -77,15 +85,15 @@ impl AppClient {
         let mut retries = 0;
         loop {
             let query = [("access_token", token.expose())];
-            let error = match self
+            let sent = self
                 .transport
                 .send(Call {
                     endpoint,
                     query: &query,
                     body,
                 })
-                .await
-            {
+                .await;
+            let error = match sent.and_then(|reply| api::decode(endpoint, reply)) {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
@@ -104,47 +112,44 @@ impl AppClient {
     }
 }
 
-fn json(body: &impl Serialize) -> Vec<u8> {
-    // Serializing these borrowed-string structs cannot fail: no maps with non-string
-    // keys, no custom Serialize impls. An empty body would be refused by WeCom.
-    serde_json::to_vec(body).unwrap_or_default()
-}
-
 /// The configured apps, by name.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Apps {
-    apps: BTreeMap<String, Arc<AppClient>>,
+    apps: BTreeMap<String, AppClient>,
     default_app: String,
 }
 
 impl Apps {
-    /// One [`AppClient`] per configured app, sharing one HTTP connection pool.
-    pub fn from_settings(settings: &Settings) -> Result<Self, reqwest::Error> {
-        let upstream = &settings.upstream;
-        let retry = Retry::from_settings(upstream);
-        let http = Transport::client(upstream.connect_timeout(), upstream.request_timeout())?;
-        let apps = settings
-            .apps
-            .iter()
-            .map(|(name, app)| {
+    /// One [`AppClient`] per app, sharing one HTTP connection pool, each with a
+    /// `gettoken` token cache whose refresher starts now.
+    pub fn new(
+        settings: &AdapterSettings,
+        specs: impl IntoIterator<Item = AppSpec>,
+        default_app: String,
+    ) -> Result<Self, reqwest::Error> {
+        let http = Transport::client(&settings.http)?;
+        let apps = specs
+            .into_iter()
+            .map(|spec| {
                 let transport =
-                    Transport::new(http.clone(), &app.api_base, upstream.max_body_bytes);
-                let source =
-                    GetToken::new(app.corp_id.clone(), app.secret.clone(), transport.clone());
-                let tokens = Arc::new(TokenCache::new(
-                    name.clone(),
+                    Transport::new(http.clone(), &spec.api_base, settings.http.max_body_bytes);
+                let source = GetToken::new(spec.corp_id, spec.secret, transport.clone());
+                let tokens = TokenCache::new(
+                    spec.name.as_str(),
                     Arc::new(source),
-                    settings.token.clone(),
-                    retry,
-                ));
-                let client = AppClient::new(name.clone(), transport, tokens, retry);
-                (name.clone(), Arc::new(client))
+                    settings.tokens.clone(),
+                    settings.retry,
+                );
+                let client = AppClient {
+                    name: spec.name.clone(),
+                    transport,
+                    tokens,
+                    retry: settings.retry,
+                };
+                (spec.name, client)
             })
             .collect();
-        Ok(Self {
-            apps,
-            default_app: settings.default_app.clone(),
-        })
+        Ok(Self { apps, default_app })
     }
 
     /// The name of the app that serves calls without `x-wecom-app`.
@@ -152,13 +157,13 @@ impl Apps {
         &self.default_app
     }
 
-    /// The app named `name`, or the default app when `name` is `None`.
-    pub fn get(&self, name: Option<&str>) -> Result<&Arc<AppClient>, Error> {
-        let name = name.unwrap_or(&self.default_app);
-        self.apps.get(name).ok_or_else(|| Error::UnknownApp {
-            // Echoed to the caller and the log: bounded, whatever the caller sent.
-            requested: name.chars().take(64).collect(),
-            configured: self.apps.keys().cloned().collect(),
-        })
+    /// The app named `name`.
+    pub fn get(&self, name: &str) -> Option<&AppClient> {
+        self.apps.get(name)
+    }
+
+    /// The names of every configured app, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.apps.keys().map(String::as_str)
     }
 }

@@ -2,48 +2,48 @@
 //! errcode is passed through to callers unchanged.
 
 /// 系统繁忙: retry, at most 3 times (WeCom's advice).
-pub const SYSTEM_BUSY: i64 = -1;
+pub(crate) const SYSTEM_BUSY: i64 = -1;
 /// 不合法的secret参数 from `gettoken`; an invalid access_token on other calls.
-pub const INVALID_CREDENTIAL: i64 = 40001;
+pub(crate) const INVALID_CREDENTIAL: i64 = 40001;
 /// 不合法的UserID.
-pub const INVALID_USERID: i64 = 40003;
+pub(crate) const INVALID_USERID: i64 = 40003;
 /// 不合法的CorpID.
-pub const INVALID_CORPID: i64 = 40013;
+pub(crate) const INVALID_CORPID: i64 = 40013;
 /// 不合法的access_token.
-pub const INVALID_ACCESS_TOKEN: i64 = 40014;
+pub(crate) const INVALID_ACCESS_TOKEN: i64 = 40014;
 /// 不合法的参数.
-pub const INVALID_PARAMETER: i64 = 40058;
+pub(crate) const INVALID_PARAMETER: i64 = 40058;
 /// 不合法的外部联系人userid.
-pub const INVALID_EXTERNAL_USERID: i64 = 40096;
+pub(crate) const INVALID_EXTERNAL_USERID: i64 = 40096;
 /// 缺少access_token参数: the gateway sent no token, which is its own fault.
-pub const MISSING_ACCESS_TOKEN: i64 = 41001;
+pub(crate) const MISSING_ACCESS_TOKEN: i64 = 41001;
 /// access_token已过期.
-pub const ACCESS_TOKEN_EXPIRED: i64 = 42001;
+pub(crate) const ACCESS_TOKEN_EXPIRED: i64 = 42001;
 /// 接口调用超过限制 (per-minute or daily frequency limit).
-pub const RATE_LIMITED: i64 = 45009;
+pub(crate) const RATE_LIMITED: i64 = 45009;
 /// 接口并发调用超过限制.
-pub const CONCURRENCY_LIMITED: i64 = 45033;
+pub(crate) const CONCURRENCY_LIMITED: i64 = 45033;
 /// 不合法的数据格式: the gateway sent JSON WeCom could not read.
-pub const INVALID_JSON: i64 = 47001;
+pub(crate) const INVALID_JSON: i64 = 47001;
 /// API接口无权限调用.
-pub const API_NOT_PERMITTED: i64 = 48002;
+pub(crate) const API_NOT_PERMITTED: i64 = 48002;
 /// 指定的成员/部门/标签参数无权限 (outside the app's visible range).
-pub const OUT_OF_VISIBLE_RANGE: i64 = 60011;
+pub(crate) const OUT_OF_VISIBLE_RANGE: i64 = 60011;
 /// 不安全的访问IP: the gateway's egress IP is not in the app's trusted IPs.
-pub const UNTRUSTED_IP: i64 = 60020;
+pub(crate) const UNTRUSTED_IP: i64 = 60020;
 /// 无权限操作指定的应用.
-pub const APP_NOT_PERMITTED: i64 = 301002;
+pub(crate) const APP_NOT_PERMITTED: i64 = 301002;
 /// 不合法的open_kfid.
-pub const INVALID_OPEN_KFID: i64 = 95000;
+pub(crate) const INVALID_OPEN_KFID: i64 = 95000;
 /// open_kfid不存在.
-pub const OPEN_KFID_NOT_FOUND: i64 = 95004;
+pub(crate) const OPEN_KFID_NOT_FOUND: i64 = 95004;
 /// The userid or chat_id is not configured in 「微信客服」-「升级服务」 (the seed's 95021).
-pub const NOT_CONFIGURED_FOR_UPGRADE: i64 = 95021;
+pub(crate) const NOT_CONFIGURED_FOR_UPGRADE: i64 = 95021;
 /// First and last of the 微信客服 (kf) errcodes.
-pub const KF_RANGE: std::ops::RangeInclusive<i64> = 95000..=95099;
+pub(crate) const KF_RANGE: std::ops::RangeInclusive<i64> = 95000..=95099;
 
 /// The access token used by a business call was refused: refresh and retry once.
-pub fn is_token_error(errcode: i64) -> bool {
+pub(crate) fn is_token_error(errcode: i64) -> bool {
     matches!(
         errcode,
         INVALID_CREDENTIAL | INVALID_ACCESS_TOKEN | ACCESS_TOKEN_EXPIRED
@@ -51,6 +51,6 @@ pub fn is_token_error(errcode: i64) -> bool {
 }
 
 /// `gettoken` refused the corp id or the secret.
-pub fn is_credential_error(errcode: i64) -> bool {
+pub(crate) fn is_credential_error(errcode: i64) -> bool {
     matches!(errcode, INVALID_CREDENTIAL | INVALID_CORPID)
 }

@@ -1,7 +1,7 @@
 //! The one error type of the adapter. It keeps WeCom's errcode and errmsg, and
 //! never an access token, a secret or a URL with a query string.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use super::errcode;
 
@@ -47,6 +47,9 @@ pub enum TransportKind {
     Other,
 }
 
+/// The cause of a transport failure, shared by every caller that receives the error.
+pub type TransportCause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// Why a call to WeCom did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -69,14 +72,15 @@ pub enum Error {
         status: u16,
     },
     /// No answer: connect error, timeout, broken connection.
-    #[error("could not reach WeCom {endpoint}: {detail}")]
+    #[error("could not reach WeCom {endpoint}")]
     Transport {
         /// Which call.
         endpoint: Endpoint,
         /// What kind of failure.
         kind: TransportKind,
-        /// The cause chain, with any URL removed.
-        detail: String,
+        /// Why, with any URL removed (its query holds the token or the secret).
+        #[source]
+        cause: TransportCause,
     },
     /// HTTP 200 with a body that is not the JSON WeCom documents.
     #[error("WeCom {endpoint} answered a body that is not the expected JSON: {problem}")]
@@ -86,7 +90,7 @@ pub enum Error {
         /// What is wrong with the body.
         problem: String,
     },
-    /// The body was larger than `upstream.max_body_bytes`.
+    /// The body was larger than the configured limit.
     #[error("WeCom {endpoint} answered a body larger than {limit} bytes")]
     BodyTooLarge {
         /// Which call.
@@ -94,23 +98,26 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
-    /// The whole call, retries included, took longer than `upstream.call_timeout_ms`.
-    #[error("WeCom did not answer within the gateway's call timeout of {timeout_ms} ms")]
-    CallTimeout {
-        /// The configured timeout.
-        timeout_ms: u64,
-    },
-    /// The caller asked for an app that is not configured.
-    #[error("WeCom app `{requested}` is not configured; configured apps: {}", .configured.join(", "))]
-    UnknownApp {
-        /// What the caller sent in `x-wecom-app`.
-        requested: String,
-        /// What it could have sent.
-        configured: Vec<String>,
-    },
 }
 
 impl Error {
+    /// A failed HTTP exchange, without its URL.
+    pub(crate) fn transport(endpoint: Endpoint, error: reqwest::Error) -> Self {
+        let kind = if error.is_timeout() {
+            TransportKind::Timeout
+        } else if error.is_connect() {
+            TransportKind::Connect
+        } else {
+            TransportKind::Other
+        };
+        Error::Transport {
+            endpoint,
+            kind,
+            // reqwest's Display names the URL, query and all; its sources do not.
+            cause: Arc::new(error.without_url()),
+        }
+    }
+
     /// WeCom's errcode, when WeCom answered with one.
     pub fn errcode(&self) -> Option<i64> {
         match self {
@@ -140,10 +147,7 @@ impl Error {
             // for less traffic, not more.
             Error::HttpStatus { status, .. } => *status >= 500 || *status == 408,
             Error::Transport { .. } => true,
-            Error::MalformedBody { .. }
-            | Error::BodyTooLarge { .. }
-            | Error::CallTimeout { .. }
-            | Error::UnknownApp { .. } => false,
+            Error::MalformedBody { .. } | Error::BodyTooLarge { .. } => false,
         }
     }
 }

@@ -1,17 +1,29 @@
-//! One HTTP exchange with WeCom: bounded in time and in body size, with errors
-//! that never carry the URL (its query holds the access token or the secret).
+//! One HTTP exchange with WeCom, bounded in time and in body size. It returns the
+//! status and the bytes; what they mean is [`super::api`]'s business.
 
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use tracing::Instrument;
+use url::Url;
 
-use super::{Endpoint, Error, TransportKind, api::decode};
+use super::{Endpoint, Error};
+
+/// How the gateway's HTTP client talks to WeCom.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// One request, from sending to the last body byte.
+    pub request_timeout: Duration,
+    /// Largest response body read; a larger one fails the call.
+    pub max_body_bytes: usize,
+}
 
 /// An HTTP client bound to one WeCom API base.
 #[derive(Debug, Clone)]
 pub(crate) struct Transport {
     http: reqwest::Client,
+    /// The base without its trailing slash, so that an endpoint's path follows it.
     base: String,
     max_body_bytes: usize,
 }
@@ -24,31 +36,36 @@ pub(crate) struct Call<'a> {
     pub(crate) body: Option<&'a [u8]>,
 }
 
+/// What came back. WeCom answers every call with HTTP 200; another status comes
+/// from a proxy or a broken front end, and its page is not read.
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    /// The body of a 200 answer; empty otherwise.
+    pub(crate) body: Vec<u8>,
+}
+
 impl Transport {
     /// Builds the shared HTTP client: rustls, bounded connect and request time, no redirects.
-    pub(crate) fn client(
-        connect_timeout: Duration,
-        request_timeout: Duration,
-    ) -> Result<reqwest::Client, reqwest::Error> {
+    pub(crate) fn client(settings: &HttpSettings) -> Result<reqwest::Client, reqwest::Error> {
         reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
             // WeCom never redirects; following one would send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("wecom-kf-upgrade/", env!("CARGO_PKG_VERSION")))
             .build()
     }
 
-    pub(crate) fn new(http: reqwest::Client, base: &str, max_body_bytes: usize) -> Self {
+    pub(crate) fn new(http: reqwest::Client, base: &Url, max_body_bytes: usize) -> Self {
         Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base: base.as_str().trim_end_matches('/').to_owned(),
             max_body_bytes,
         }
     }
 
-    /// Sends the call and decodes the answer as `T` (see [`decode`]).
-    pub(crate) async fn send<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, Error> {
+    /// Sends the call; the reply's body is read only for a 200.
+    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, Error> {
         let endpoint = call.endpoint;
         let span = tracing::debug_span!(
             "wecom.http",
@@ -70,17 +87,15 @@ impl Transport {
                 .query(call.query)
                 .send()
                 .await
-                .map_err(|e| transport_error(endpoint, e))?;
-            let status = response.status();
-            tracing::Span::current().record("http.status", status.as_u16());
-            if status != reqwest::StatusCode::OK {
-                return Err(Error::HttpStatus {
-                    endpoint,
-                    status: status.as_u16(),
-                });
-            }
-            let body = self.read_bounded(endpoint, response).await?;
-            decode(endpoint, &body)
+                .map_err(|e| Error::transport(endpoint, e))?;
+            let status = response.status().as_u16();
+            tracing::Span::current().record("http.status", status);
+            let body = if status == 200 {
+                self.read_bounded(endpoint, response).await?
+            } else {
+                Vec::new()
+            };
+            Ok(Reply { status, body })
         }
         .instrument(span)
         .await
@@ -101,7 +116,7 @@ impl Transport {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| transport_error(endpoint, e))?
+            .map_err(|e| Error::transport(endpoint, e))?
         {
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
@@ -109,30 +124,5 @@ impl Transport {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
-    }
-}
-
-/// Turns a reqwest error into [`Error::Transport`] without its URL.
-fn transport_error(endpoint: Endpoint, error: reqwest::Error) -> Error {
-    let kind = if error.is_timeout() {
-        TransportKind::Timeout
-    } else if error.is_connect() {
-        TransportKind::Connect
-    } else {
-        TransportKind::Other
-    };
-    // reqwest's Display names the URL, query and all; the sources below it do not.
-    let error = error.without_url();
-    let mut detail = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    Error::Transport {
-        endpoint,
-        kind,
-        detail,
     }
 }

@@ -295,8 +295,8 @@ async fn the_callers_deadline_bounds_the_upstream_call() {
 #[tokio::test]
 async fn the_gateways_call_timeout_bounds_a_hanging_upstream() {
     let mut app = spawn_app_with(|s| {
-        s.upstream.call_timeout_ms = 300;
-        s.upstream.request_timeout_ms = 5_000;
+        s.upstream.call_timeout = Duration::from_millis(300);
+        s.upstream.request_timeout = Duration::from_millis(5_000);
     })
     .await;
     app.fault(
@@ -313,7 +313,8 @@ async fn the_gateways_call_timeout_bounds_a_hanging_upstream() {
 #[tokio::test]
 async fn a_slow_request_times_out_and_is_retried() {
     // Roomy figures: the retry must fit in its own request timeout on a loaded machine.
-    let mut app = spawn_app_with(|s| s.upstream.request_timeout_ms = 1_000).await;
+    let mut app =
+        spawn_app_with(|s| s.upstream.request_timeout = Duration::from_millis(1_000)).await;
     app.fault(
         Endpoint::CancelUpgrade,
         Fault {
@@ -329,7 +330,7 @@ async fn a_slow_request_times_out_and_is_retried() {
 async fn an_unreachable_wecom_is_unavailable() {
     let (_reserved, closed) = refusing_addr();
     let mut app = spawn_app_with(|s| {
-        s.apps.get_mut("default").unwrap().api_base = format!("http://{closed}");
+        s.apps.get_mut("default").unwrap().api_base = format!("http://{closed}").parse().unwrap();
     })
     .await;
     let status = app.client.cancel_upgrade(cancel()).await.unwrap_err();

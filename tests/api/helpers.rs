@@ -47,11 +47,11 @@ pub fn test_settings(api_base: &str, corp_id: &str, secret: &str) -> Settings {
     let mut settings = Settings::load(None, &env).expect("test settings are valid");
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.admin_listen = "127.0.0.1:0".parse().unwrap();
-    settings.upstream.retry_backoff_ms = 5;
-    settings.upstream.request_timeout_ms = 2_000;
-    settings.upstream.call_timeout_ms = 5_000;
-    settings.server.drain_delay_ms = 0;
-    settings.server.shutdown_grace_ms = 2_000;
+    settings.upstream.retry_backoff = Duration::from_millis(5);
+    settings.upstream.request_timeout = Duration::from_millis(2_000);
+    settings.upstream.call_timeout = Duration::from_millis(5_000);
+    settings.server.drain_delay = Duration::from_millis(0);
+    settings.server.shutdown_grace = Duration::from_millis(2_000);
     settings
 }
 

@@ -59,7 +59,7 @@ async fn health_reports_serving_for_the_server_and_the_service() {
 async fn readiness_does_not_depend_on_wecom() {
     let (_reserved, closed) = refusing_addr();
     let app = spawn_app_with(|s| {
-        s.apps.get_mut("default").unwrap().api_base = format!("http://{closed}");
+        s.apps.get_mut("default").unwrap().api_base = format!("http://{closed}").parse().unwrap();
     })
     .await;
     assert_eq!(http_status(app.admin_addr, "/readyz").await, 200);
@@ -68,7 +68,7 @@ async fn readiness_does_not_depend_on_wecom() {
 
 #[tokio::test]
 async fn shutdown_reports_not_serving_while_draining_then_stops() {
-    let mut app = spawn_app_with(|s| s.server.drain_delay_ms = 2_000).await;
+    let mut app = spawn_app_with(|s| s.server.drain_delay = Duration::from_millis(2_000)).await;
     let mut health = health_client(&app).await;
 
     app.shut_down();

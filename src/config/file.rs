@@ -1,0 +1,103 @@
+//! The configuration file (TOML), as read and as `check-config` writes it.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ConfigError, ServerSettings, Settings, TokenSettings, UpstreamSettings,
+    validate::{is_cleartext_remote, redacted},
+};
+
+/// The file as written. Every key is optional; unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileSettings {
+    pub(super) listen: Option<SocketAddr>,
+    pub(super) admin_listen: Option<SocketAddr>,
+    pub(super) default_app: Option<String>,
+    /// The API base of every app that sets none.
+    pub(super) api_base: Option<String>,
+    pub(super) apps: Vec<FileApp>,
+    pub(super) upstream: UpstreamSettings,
+    pub(super) token: TokenSettings,
+    pub(super) server: ServerSettings,
+}
+
+/// One `[[apps]]` entry: a secret is given inline, by file, or by variable name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileApp {
+    pub(super) name: String,
+    pub(super) corp_id: Option<String>,
+    pub(super) secret: Option<SecretString>,
+    pub(super) secret_file: Option<PathBuf>,
+    pub(super) secret_env: Option<String>,
+    pub(super) api_base: Option<String>,
+}
+
+/// Parses the file's text.
+pub(super) fn parse(text: &str) -> Result<FileSettings, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        // toml's message names the key and the line; keep it whole.
+        ConfigError::new("--config", e.to_string().trim_end().to_owned())
+    })
+}
+
+/// What `check-config` prints: the same keys, every value explicit.
+#[derive(Serialize)]
+struct Rendered<'a> {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    default_app: &'a str,
+    apps: Vec<RenderedApp<'a>>,
+    upstream: &'a UpstreamSettings,
+    token: &'a TokenSettings,
+    server: &'a ServerSettings,
+}
+
+#[derive(Serialize)]
+struct RenderedApp<'a> {
+    name: &'a str,
+    corp_id: &'a str,
+    /// Never the secret: a placeholder that still loads back.
+    secret: &'static str,
+    api_base: String,
+}
+
+/// The settings as a file that loads back, secrets and URL passwords as `****`.
+/// Warnings come first, as comments, so they stay with a saved copy.
+pub(super) fn render(settings: &Settings) -> String {
+    let mut out = String::new();
+    for (name, app) in &settings.apps {
+        if is_cleartext_remote(&app.api_base) {
+            out.push_str(&format!(
+                "# WARNING: app {name} talks plain HTTP to a remote host; its secret and \
+                 tokens would cross the network in clear text\n"
+            ));
+        }
+    }
+    let rendered = Rendered {
+        listen: settings.listen,
+        admin_listen: settings.admin_listen,
+        default_app: &settings.default_app,
+        apps: settings
+            .apps
+            .iter()
+            .map(|(name, app)| RenderedApp {
+                name,
+                corp_id: &app.corp_id,
+                secret: "****",
+                api_base: redacted(&app.api_base).to_string(),
+            })
+            .collect(),
+        upstream: &settings.upstream,
+        token: &settings.token,
+        server: &settings.server,
+    };
+    // Strings, integers, tables and arrays of tables, with every table after the
+    // plain keys: nothing TOML cannot represent.
+    out.push_str(&toml::to_string(&rendered).expect("the rendered settings are plain TOML"));
+    out
+}

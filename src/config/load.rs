@@ -1,0 +1,677 @@
+//! The loading pipeline: file → app specs with secret references → environment
+//! overlay → sandbox swap → secrets resolved last.
+//!
+//! Until the last step a value that is missing or malformed is kept as the error
+//! it would cause, so that a later step (the environment, the sandbox) can still
+//! replace it, and only what survives is reported.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::{
+    AppSettings, ConfigError, DEFAULT_API_BASE, DEFAULT_APP_NAME, Settings,
+    env::{self, Environment},
+    file::{self, FileApp, FileSettings},
+    validate,
+};
+
+/// The sandbox's demo app, which `serve --sandbox` puts in place of every app.
+#[derive(Debug, Clone)]
+pub struct SandboxApp {
+    /// The sandbox's base URL.
+    pub api_base: String,
+    /// The corp id it accepts.
+    pub corp_id: String,
+    /// The secret it accepts (not a secret: it only opens the sandbox).
+    pub secret: String,
+}
+
+/// A value, or the error it causes if nothing later replaces it.
+type Given<T> = Result<T, ConfigError>;
+
+/// Where an app's secret is to be read from.
+enum SecretRef {
+    Inline(SecretString),
+    File(PathBuf),
+    Env(String),
+}
+
+/// A secret reference and the key that gave it, to name in errors.
+struct SecretSpec {
+    source: SecretRef,
+    key: String,
+}
+
+/// An app as configured so far: nothing read yet.
+struct AppPlan {
+    corp_id: Given<String>,
+    secret: Given<SecretSpec>,
+    /// `None`: the shared base.
+    api_base: Option<Given<Url>>,
+}
+
+/// The configuration before its secrets are read.
+struct Plan {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    default_app: String,
+    /// The API base of every app that sets none.
+    api_base: Given<Url>,
+    apps: BTreeMap<String, AppPlan>,
+    file: FileSettings,
+}
+
+pub(super) fn load(
+    path: Option<&Path>,
+    env: &dyn Environment,
+    sandbox: Option<&SandboxApp>,
+) -> Result<Settings, ConfigError> {
+    let mut plan = Plan::from_file(read(path)?)?;
+    plan.apply_env(env);
+    if let Some(sandbox) = sandbox {
+        plan.swap_in(sandbox);
+    }
+    plan.resolve(env)
+}
+
+fn read(path: Option<&Path>) -> Result<FileSettings, ConfigError> {
+    let Some(path) = path else {
+        return Ok(FileSettings::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+    })?;
+    file::parse(&text)
+}
+
+// === impl Plan ===
+
+impl Plan {
+    /// The file's apps, with their names checked (names are never replaced).
+    fn from_file(mut file: FileSettings) -> Result<Self, ConfigError> {
+        let mut apps = BTreeMap::new();
+        for (i, app) in std::mem::take(&mut file.apps).into_iter().enumerate() {
+            let name_key = format!("apps[{i}].name");
+            validate::app_name(&app.name).map_err(|p| ConfigError::new(&name_key, p))?;
+            let name = app.name.clone();
+            if apps
+                .insert(name.clone(), AppPlan::from_file(app, i))
+                .is_some()
+            {
+                return Err(ConfigError::new(
+                    name_key,
+                    format!("`{name}` names two apps; app names must be unique"),
+                ));
+            }
+        }
+        let default_app = file.default_app.clone().unwrap_or_else(|| {
+            // One app in the file: it is the default whatever its name.
+            match apps.keys().next() {
+                Some(only) if apps.len() == 1 => only.clone(),
+                _ => DEFAULT_APP_NAME.to_owned(),
+            }
+        });
+        let api_base = validate::api_base(
+            file.api_base.as_deref().unwrap_or(DEFAULT_API_BASE),
+            "api_base",
+        );
+        Ok(Self {
+            listen: file.listen.unwrap_or(([0, 0, 0, 0], 50051).into()),
+            admin_listen: file.admin_listen.unwrap_or(([0, 0, 0, 0], 9464).into()),
+            default_app,
+            api_base,
+            apps,
+            file,
+        })
+    }
+
+    /// The environment over the file: the shared API base, and the default app's
+    /// corp id and secret (describing the default app if the file has none).
+    fn apply_env(&mut self, env: &dyn Environment) {
+        if let Some(base) = env.var(env::API_BASE) {
+            self.api_base = validate::api_base(&base, env::API_BASE);
+        }
+        let corp_id = env.var(env::CORP_ID);
+        let secret = env_secret(env);
+        if corp_id.is_none() && secret.is_none() {
+            return;
+        }
+        let app = self
+            .apps
+            .entry(self.default_app.clone())
+            .or_insert(AppPlan {
+                corp_id: Err(ConfigError::new(
+                    env::CORP_ID,
+                    "is required when a secret is set",
+                )),
+                secret: Err(ConfigError::new(
+                    env::CORP_SECRET,
+                    format!(
+                        "is required (or {}) when {} is set",
+                        env::CORP_SECRET_FILE,
+                        env::CORP_ID
+                    ),
+                )),
+                api_base: None,
+            });
+        if let Some(corp_id) = corp_id {
+            app.corp_id = Ok(corp_id);
+        }
+        if let Some(secret) = secret {
+            app.secret = secret;
+        }
+    }
+
+    /// Every app becomes the sandbox's demo app, and the default app exists.
+    fn swap_in(&mut self, sandbox: &SandboxApp) {
+        let api_base = validate::api_base(&sandbox.api_base, "--sandbox");
+        let demo = || AppPlan {
+            corp_id: Ok(sandbox.corp_id.clone()),
+            secret: Ok(SecretSpec {
+                source: SecretRef::Inline(SecretString::from(sandbox.secret.clone())),
+                key: "--sandbox".to_owned(),
+            }),
+            api_base: Some(api_base.clone()),
+        };
+        for app in self.apps.values_mut() {
+            *app = demo();
+        }
+        self.apps
+            .entry(self.default_app.clone())
+            .or_insert_with(demo);
+        self.api_base = api_base;
+    }
+
+    /// Reads the secrets and checks what is left.
+    fn resolve(self, env: &dyn Environment) -> Result<Settings, ConfigError> {
+        let mut apps = BTreeMap::new();
+        for (name, plan) in self.apps {
+            let corp_id = plan.corp_id?;
+            let secret = plan.secret?.read(env)?;
+            let api_base = match plan.api_base {
+                Some(base) => base?,
+                None => self.api_base.clone()?,
+            };
+            let app = AppSettings {
+                corp_id,
+                secret,
+                api_base,
+            };
+            apps.insert(name, app);
+        }
+        if apps.is_empty() {
+            return Err(ConfigError::new(
+                env::CORP_ID,
+                "no WeCom app is configured: set WECOM_CORP_ID and WECOM_CORP_SECRET \
+                 (or WECOM_CORP_SECRET_FILE), or list apps in a --config file, \
+                 or run `serve --sandbox` for the demo",
+            ));
+        }
+        if !apps.contains_key(&self.default_app) {
+            return Err(ConfigError::new(
+                "default_app",
+                format!(
+                    "`{}` is not one of the configured apps ({})",
+                    self.default_app,
+                    apps.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let settings = Settings {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            default_app: self.default_app,
+            apps,
+            upstream: self.file.upstream,
+            token: self.file.token,
+            server: self.file.server,
+        };
+        validate::bounds(&settings)?;
+        Ok(settings)
+    }
+}
+
+// === impl AppPlan ===
+
+impl AppPlan {
+    fn from_file(app: FileApp, i: usize) -> Self {
+        let key = |field: &str| format!("apps[{i}].{field}");
+        let corp_id = app
+            .corp_id
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| ConfigError::new(key("corp_id"), "is required"));
+        let sources = [
+            app.secret.map(|s| (SecretRef::Inline(s), key("secret"))),
+            app.secret_file
+                .map(|p| (SecretRef::File(p), key("secret_file"))),
+            app.secret_env
+                .map(|v| (SecretRef::Env(v), key("secret_env"))),
+        ];
+        let mut given = sources.into_iter().flatten();
+        let secret = match (given.next(), given.next()) {
+            (Some((source, key)), None) => Ok(SecretSpec { source, key }),
+            (None, _) => Err(ConfigError::new(
+                key("secret"),
+                "is required: set one of secret, secret_file, secret_env",
+            )),
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                key("secret"),
+                "set only one of secret, secret_file, secret_env",
+            )),
+        };
+        let api_base = app
+            .api_base
+            .map(|base| validate::api_base(&base, &key("api_base")));
+        Self {
+            corp_id,
+            secret,
+            api_base,
+        }
+    }
+}
+
+/// The default app's secret from the environment, if any is set.
+fn env_secret(env: &dyn Environment) -> Option<Given<SecretSpec>> {
+    let spec = |source, key: &str| {
+        Ok(SecretSpec {
+            source,
+            key: key.to_owned(),
+        })
+    };
+    match (env.var(env::CORP_SECRET), env.var(env::CORP_SECRET_FILE)) {
+        (Some(_), Some(_)) => Some(Err(ConfigError::new(
+            env::CORP_SECRET,
+            format!(
+                "set either {} or {}, not both",
+                env::CORP_SECRET,
+                env::CORP_SECRET_FILE
+            ),
+        ))),
+        (Some(secret), None) => Some(spec(SecretRef::Inline(secret.into()), env::CORP_SECRET)),
+        (None, Some(path)) => Some(spec(SecretRef::File(path.into()), env::CORP_SECRET_FILE)),
+        (None, None) => None,
+    }
+}
+
+// === impl SecretSpec ===
+
+impl SecretSpec {
+    /// The secret itself: the one place where secret files and variables are read.
+    fn read(self, env: &dyn Environment) -> Result<SecretString, ConfigError> {
+        let secret = match self.source {
+            SecretRef::Inline(secret) => secret,
+            SecretRef::File(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new(&self.key, format!("cannot read {}: {e}", path.display()))
+                })?;
+                // Mounted Kubernetes Secrets often end with a newline that is not part of it.
+                let secret = text.trim();
+                if secret.is_empty() {
+                    return Err(ConfigError::new(
+                        &self.key,
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                SecretString::from(secret.to_owned())
+            }
+            SecretRef::Env(var) => env.var(&var).map(SecretString::from).ok_or_else(|| {
+                ConfigError::new(&self.key, format!("environment variable {var} is not set"))
+            })?,
+        };
+        if secret.expose_secret().trim().is_empty() {
+            return Err(ConfigError::new(&self.key, "must not be empty"));
+        }
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::is_cleartext_remote;
+    use std::time::Duration;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn from_toml(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut plan = Plan::from_file(file::parse(text)?)?;
+        let env = env(vars);
+        plan.apply_env(&env);
+        plan.resolve(&env)
+    }
+
+    fn sandbox(api_base: &str) -> SandboxApp {
+        SandboxApp {
+            api_base: api_base.to_owned(),
+            corp_id: "sbx".to_owned(),
+            secret: "demo".to_owned(),
+        }
+    }
+
+    #[test]
+    fn environment_alone_is_a_complete_configuration() {
+        let s = from_toml("", &[("WECOM_CORP_ID", "ww1"), ("WECOM_CORP_SECRET", "s3")]).unwrap();
+        assert_eq!(s.default_app, "default");
+        let app = &s.apps["default"];
+        assert_eq!(app.corp_id, "ww1");
+        assert_eq!(app.secret.expose_secret(), "s3");
+        assert_eq!(app.api_base.as_str(), "https://qyapi.weixin.qq.com/");
+        assert_eq!(s.listen, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(s.admin_listen, "0.0.0.0:9464".parse().unwrap());
+    }
+
+    #[test]
+    fn nothing_configured_names_the_variable_to_set() {
+        let err = from_toml("", &[]).unwrap_err();
+        assert_eq!(err.key, "WECOM_CORP_ID");
+    }
+
+    #[test]
+    fn a_secret_without_a_corp_id_is_rejected() {
+        let err = from_toml("", &[("WECOM_CORP_SECRET", "s")]).unwrap_err();
+        assert_eq!(err.key, "WECOM_CORP_ID");
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("wku-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let s = from_toml(
+            "",
+            &[
+                ("WECOM_CORP_ID", "ww1"),
+                ("WECOM_CORP_SECRET_FILE", path.to_str().unwrap()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.apps["default"].secret.expose_secret(), "from-file");
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_names_the_variable() {
+        let err = from_toml(
+            "",
+            &[
+                ("WECOM_CORP_ID", "ww1"),
+                ("WECOM_CORP_SECRET_FILE", "/nonexistent/secret"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "WECOM_CORP_SECRET_FILE");
+    }
+
+    #[test]
+    fn several_apps_from_the_file_with_env_overriding_the_default_app() {
+        let text = r#"
+            default_app = "shop"
+            [[apps]]
+            name = "shop"
+            corp_id = "ww-shop"
+            secret = "file-secret"
+            [[apps]]
+            name = "crm"
+            corp_id = "ww-crm"
+            secret_env = "CRM_SECRET"
+            api_base = "http://127.0.0.1:9/"
+            [upstream]
+            max_retries = 1
+        "#;
+        let s = from_toml(
+            text,
+            &[
+                ("CRM_SECRET", "crm-secret"),
+                ("WECOM_CORP_SECRET", "env-secret"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.default_app, "shop");
+        assert_eq!(s.apps["shop"].secret.expose_secret(), "env-secret");
+        assert_eq!(s.apps["crm"].secret.expose_secret(), "crm-secret");
+        assert_eq!(s.apps["crm"].api_base.as_str(), "http://127.0.0.1:9/");
+        assert_eq!(s.upstream.max_retries, 1);
+        assert_eq!(
+            s.upstream.call_timeout,
+            Duration::from_millis(10_000),
+            "unset keys keep defaults"
+        );
+    }
+
+    #[test]
+    fn a_missing_secret_env_names_the_key() {
+        let text = "[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret_env = \"NOPE\"\n";
+        let err = from_toml(text, &[]).unwrap_err();
+        assert_eq!(err.key, "apps[0].secret_env");
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_with_its_name() {
+        let err = from_toml("[upstream]\nconect_timeout_ms = 5\n", &[]).unwrap_err();
+        assert!(err.problem.contains("conect_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_rejected() {
+        let err = from_toml(
+            "[upstream]\ncall_timeout_ms = 0\n",
+            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "upstream.call_timeout_ms");
+    }
+
+    #[test]
+    fn durations_that_would_overflow_the_clock_are_rejected() {
+        let err = from_toml(
+            "[token]\ncredential_cooldown_secs = 18446744073709551615\n",
+            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "token.credential_cooldown_secs");
+    }
+
+    #[test]
+    fn a_default_app_that_is_not_configured_is_rejected() {
+        let text =
+            "default_app = \"x\"\n[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret = \"s\"\n";
+        let err = from_toml(text, &[]).unwrap_err();
+        assert_eq!(err.key, "default_app");
+    }
+
+    #[test]
+    fn duplicate_app_names_are_rejected() {
+        let text = "[[apps]]\nname = \"a\"\ncorp_id = \"1\"\nsecret = \"s\"\n\
+                    [[apps]]\nname = \"a\"\ncorp_id = \"2\"\nsecret = \"s\"\n";
+        let err = from_toml(text, &[]).unwrap_err();
+        assert_eq!(err.key, "apps[1].name");
+    }
+
+    #[test]
+    fn a_bad_api_base_is_rejected() {
+        let err = from_toml(
+            "",
+            &[
+                ("WECOM_CORP_ID", "ww"),
+                ("WECOM_CORP_SECRET", "s"),
+                ("WECOM_API_BASE", "qyapi.weixin.qq.com"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "WECOM_API_BASE");
+    }
+
+    #[test]
+    fn the_sandbox_overrides_the_default_apps_credentials_and_base() {
+        let real = env(&[
+            ("WECOM_CORP_ID", "real"),
+            ("WECOM_CORP_SECRET_FILE", "/nonexistent"),
+        ]);
+        let s = Settings::load_for_sandbox(None, &real, &sandbox("http://127.0.0.1:1")).unwrap();
+        let app = &s.apps["default"];
+        assert_eq!(
+            (app.corp_id.as_str(), app.api_base.as_str()),
+            ("sbx", "http://127.0.0.1:1/")
+        );
+        assert_eq!(app.secret.expose_secret(), "demo");
+    }
+
+    #[test]
+    fn the_sandbox_takes_over_every_app_of_the_file() {
+        let dir = std::env::temp_dir().join(format!("wku-sbx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("apps.toml");
+        std::fs::write(
+            &path,
+            "[[apps]]\nname = \"a\"\ncorp_id = \"real-a\"\nsecret = \"real\"\n\
+             api_base = \"https://example.invalid\"\n\
+             [[apps]]\nname = \"b\"\ncorp_id = \"real-b\"\nsecret_env = \"UNSET_VAR\"\n\
+             [[apps]]\nname = \"c\"\ncorp_id = \"real-c\"\nsecret_file = \"/nonexistent\"\n",
+        )
+        .unwrap();
+        let sandbox = "http://127.0.0.1:1";
+        let s =
+            Settings::load_for_sandbox(Some(&path), &env(&[]), &self::sandbox(sandbox)).unwrap();
+        // Several apps and no default_app: the sandbox's credentials make the default app.
+        assert_eq!(
+            s.apps.keys().collect::<Vec<_>>(),
+            ["a", "b", "c", "default"]
+        );
+        for app in s.apps.values() {
+            assert_eq!(app.api_base.as_str(), "http://127.0.0.1:1/");
+            assert_eq!(app.corp_id, "sbx");
+            assert_eq!(app.secret.expose_secret(), "demo");
+        }
+    }
+
+    #[test]
+    fn a_bad_base_in_the_file_is_named_by_its_file_key() {
+        let err = from_toml(
+            "api_base = \"ftp://x\"\n",
+            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "api_base");
+    }
+
+    #[test]
+    fn empty_values_in_the_file_are_named() {
+        let text = "[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret = \" \"\n";
+        assert_eq!(from_toml(text, &[]).unwrap_err().key, "apps[0].secret");
+        let text = "[[apps]]\nname = \"a\"\ncorp_id = \"\"\nsecret = \"s\"\n";
+        assert_eq!(from_toml(text, &[]).unwrap_err().key, "apps[0].corp_id");
+    }
+
+    #[test]
+    fn plain_http_is_flagged_unless_it_stays_on_this_machine() {
+        let url = |base: &str| Url::parse(base).unwrap();
+        for local in [
+            "http://127.0.0.1:9465",
+            "http://localhost",
+            "http://[::1]:80/x",
+            "https://qyapi.weixin.qq.com",
+            "http://user:pass@127.0.0.1:9465",
+            "http://user@localhost",
+        ] {
+            assert!(!is_cleartext_remote(&url(local)), "{local}");
+        }
+        for remote in [
+            "http://qyapi.weixin.qq.com",
+            "http://10.0.0.1:80",
+            "http://sandbox:9465",
+            "http://127.0.0.1:pass@example.com",
+        ] {
+            assert!(is_cleartext_remote(&url(remote)), "{remote}");
+        }
+    }
+
+    #[test]
+    fn output_and_debug_never_show_the_secret() {
+        let s = from_toml(
+            "",
+            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "TOPSECRET")],
+        )
+        .unwrap();
+        assert!(!s.to_toml().contains("TOPSECRET"));
+        assert!(!format!("{s:?}").contains("TOPSECRET"));
+    }
+
+    #[test]
+    fn a_password_in_the_api_base_is_shown_nowhere() {
+        let vars = [
+            ("WECOM_CORP_ID", "ww"),
+            ("WECOM_CORP_SECRET", "s"),
+            (
+                "WECOM_API_BASE",
+                "https://proxy-user:PROXYPASS@proxy.example/wecom",
+            ),
+        ];
+        let s = from_toml("", &vars).unwrap();
+        assert_eq!(s.apps["default"].api_base.password(), Some("PROXYPASS"));
+        assert!(!s.to_toml().contains("PROXYPASS"), "{}", s.to_toml());
+        assert!(!format!("{s:?}").contains("PROXYPASS"));
+        let bad = [
+            ("WECOM_API_BASE", "ftp://user:PROXYPASS@proxy.example"),
+            vars[0],
+            vars[1],
+        ];
+        let err = from_toml("", &bad).unwrap_err();
+        assert!(!err.to_string().contains("PROXYPASS"), "{err}");
+    }
+
+    #[test]
+    fn the_printed_configuration_loads_back_as_the_same_settings() {
+        let text = r#"
+            default_app = "shop"
+            listen = "127.0.0.1:6000"
+            [[apps]]
+            name = "shop"
+            corp_id = "ww-shop"
+            secret = "file-secret"
+            [[apps]]
+            name = "crm"
+            corp_id = "ww-crm"
+            secret = "crm-secret"
+            api_base = "http://127.0.0.1:9/"
+            [upstream]
+            max_retries = 1
+            call_timeout_ms = 1234
+            [token]
+            expiry_margin_secs = 7
+            [server]
+            drain_delay_ms = 0
+        "#;
+        let first = from_toml(text, &[]).unwrap();
+        let printed = first.to_toml();
+        let second = from_toml(&printed, &[]).unwrap();
+        assert_eq!(second.to_toml(), printed, "printing is stable");
+        assert_eq!(format!("{second:?}"), format!("{first:?}"), "{printed}");
+        assert_eq!(second.apps["shop"].secret.expose_secret(), "****");
+    }
+
+    #[test]
+    fn a_warning_about_plain_http_stays_a_comment() {
+        let vars = [
+            ("WECOM_CORP_ID", "ww"),
+            ("WECOM_CORP_SECRET", "s"),
+            ("WECOM_API_BASE", "http://wecom.example"),
+        ];
+        let printed = from_toml("", &vars).unwrap().to_toml();
+        assert!(
+            printed.starts_with("# WARNING: app default talks plain HTTP"),
+            "{printed}"
+        );
+        from_toml(&printed, &[]).unwrap();
+    }
+}

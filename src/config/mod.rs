@@ -1,0 +1,258 @@
+//! Typed settings, loaded in one direction: the TOML file → app specs whose secrets
+//! are references → the environment over them → the sandbox's demo app over
+//! everything (`serve --sandbox`) → secrets read last, from their files or variables.
+//!
+//! Every knob has a default, so `WECOM_CORP_ID` plus `WECOM_CORP_SECRET` is a complete
+//! configuration. Errors name the key that is wrong ([`ConfigError::key`]).
+//!
+//! - `mod.rs`: the settings types;
+//! - [`file`]: the file format, read and written (`check-config` prints it);
+//! - [`env`]: the environment and what it overrides;
+//! - `load`: the pipeline above;
+//! - `validate`: names, URLs and bounds.
+
+mod env;
+mod file;
+mod load;
+mod units;
+mod validate;
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+pub use env::{Environment, ProcessEnv};
+pub use load::SandboxApp;
+pub use validate::{is_cleartext_remote, redacted};
+
+use crate::wecom::{AdapterSettings, AppSpec, HttpSettings, Retry, TokenPolicy};
+
+/// WeCom's production API base.
+pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
+/// The name given to the app described by `WECOM_CORP_ID` when the file names none.
+pub const DEFAULT_APP_NAME: &str = "default";
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address of the gRPC listener.
+    pub listen: SocketAddr,
+    /// Address of the admin HTTP listener (`/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// Name of the app that serves calls without `x-wecom-app`.
+    pub default_app: String,
+    /// The WeCom apps callers may choose from, by name.
+    pub apps: BTreeMap<String, AppSettings>,
+    /// How the gateway talks to WeCom.
+    pub upstream: UpstreamSettings,
+    /// How access tokens are cached.
+    pub token: TokenSettings,
+    /// How the gRPC server treats callers.
+    pub server: ServerSettings,
+}
+
+/// One WeCom app: a corp and the secret of one of its apps (自建应用 or 代开发应用).
+#[derive(Clone)]
+pub struct AppSettings {
+    /// 企业ID (`corpid`).
+    pub corp_id: String,
+    /// The app's `corpsecret`, read from wherever the configuration pointed. Only the
+    /// adapter's `gettoken` call exposes it.
+    pub secret: SecretString,
+    /// Where WeCom is; loopback for the sandbox and tests. Its password, if any,
+    /// is shown only as `****` ([`redacted`]).
+    pub api_base: Url,
+}
+
+impl fmt::Debug for AppSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSettings")
+            .field("corp_id", &self.corp_id)
+            .field("secret", &"****")
+            .field("api_base", &redacted(&self.api_base).to_string())
+            .finish()
+    }
+}
+
+/// Timeouts, retries and limits of the calls to WeCom (`[upstream]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// TCP + TLS connect timeout (`connect_timeout_ms`).
+    #[serde(rename = "connect_timeout_ms", with = "units::millis")]
+    pub connect_timeout: Duration,
+    /// One HTTP request, from sending to the last body byte (`request_timeout_ms`).
+    #[serde(rename = "request_timeout_ms", with = "units::millis")]
+    pub request_timeout: Duration,
+    /// One RPC's whole upstream work, token refresh and retries included
+    /// (`call_timeout_ms`). A shorter gRPC deadline from the caller wins.
+    #[serde(rename = "call_timeout_ms", with = "units::millis")]
+    pub call_timeout: Duration,
+    /// Retries after errcode -1 (系统繁忙), HTTP 5xx or a transport error. WeCom advises at most 3.
+    pub max_retries: u32,
+    /// First retry delay (`retry_backoff_ms`); doubles each retry, with jitter.
+    #[serde(rename = "retry_backoff_ms", with = "units::millis")]
+    pub retry_backoff: Duration,
+    /// Largest WeCom response body read, bytes; larger bodies fail the call.
+    pub max_body_bytes: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(2_000),
+            request_timeout: Duration::from_millis(5_000),
+            call_timeout: Duration::from_millis(10_000),
+            max_retries: 3,
+            retry_backoff: Duration::from_millis(100),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Access-token caching (`[token]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Refresh this long before expiry, in the background, while callers keep the
+    /// still-valid token (`refresh_ahead_secs`). Capped at a quarter of the token's lifetime.
+    #[serde(rename = "refresh_ahead_secs", with = "units::secs")]
+    pub refresh_ahead: Duration,
+    /// Treat a token as expired this long before WeCom does, to absorb clock skew and
+    /// request latency (`expiry_margin_secs`). Capped at a tenth of the token's lifetime.
+    #[serde(rename = "expiry_margin_secs", with = "units::secs")]
+    pub expiry_margin: Duration,
+    /// After `gettoken` rejects the credentials (40001, 40013), answer callers with
+    /// that error for this long instead of calling `gettoken` again (`credential_cooldown_secs`).
+    #[serde(rename = "credential_cooldown_secs", with = "units::secs")]
+    pub credential_cooldown: Duration,
+    /// After a transient `gettoken` failure, wait at least this long (doubling, with
+    /// jitter, up to `failure_backoff_max_ms`) before the next attempt (`failure_backoff_ms`).
+    #[serde(rename = "failure_backoff_ms", with = "units::millis")]
+    pub failure_backoff: Duration,
+    /// Longest wait between `gettoken` attempts after transient failures (`failure_backoff_max_ms`).
+    #[serde(rename = "failure_backoff_max_ms", with = "units::millis")]
+    pub failure_backoff_max: Duration,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            refresh_ahead: Duration::from_secs(300),
+            expiry_margin: Duration::from_secs(30),
+            credential_cooldown: Duration::from_secs(60),
+            failure_backoff: Duration::from_millis(500),
+            failure_backoff_max: Duration::from_millis(30_000),
+        }
+    }
+}
+
+/// Limits of the gRPC server (`[server]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Largest request message decoded, bytes. Valid requests are far below 8 KiB.
+    pub max_decode_message_bytes: usize,
+    /// Most calls in flight on one HTTP/2 connection; more wait for a free stream,
+    /// so one connection cannot grow the gateway's memory without bound.
+    pub max_concurrent_streams: u32,
+    /// After SIGTERM, report NOT_SERVING this long before refusing new connections,
+    /// so load balancers stop sending work first (`drain_delay_ms`).
+    #[serde(rename = "drain_delay_ms", with = "units::millis")]
+    pub drain_delay: Duration,
+    /// Then give in-flight calls at most this long to finish (`shutdown_grace_ms`).
+    #[serde(rename = "shutdown_grace_ms", with = "units::millis")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_decode_message_bytes: 64 * 1024,
+            max_concurrent_streams: 200,
+            drain_delay: Duration::from_millis(2_000),
+            shutdown_grace: Duration::from_millis(10_000),
+        }
+    }
+}
+
+/// A configuration problem, with the key (file key or environment variable) at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    /// The key, e.g. `apps[1].corp_id` or `WECOM_CORP_SECRET_FILE`.
+    pub key: String,
+    /// What is wrong with it, and how to fix it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the file (if any), applies the environment, reads the secrets and
+    /// validates the result.
+    pub fn load(file: Option<&Path>, env: &dyn Environment) -> Result<Self, ConfigError> {
+        load::load(file, env, None)
+    }
+
+    /// Loads like [`Settings::load`], then points every app at the sandbox with its
+    /// demo credentials (`serve --sandbox`), before any secret is read: a demo never
+    /// reaches the real WeCom, nor reads a real secret, whatever the file says.
+    pub fn load_for_sandbox(
+        file: Option<&Path>,
+        env: &dyn Environment,
+        sandbox: &SandboxApp,
+    ) -> Result<Self, ConfigError> {
+        load::load(file, env, Some(sandbox))
+    }
+
+    /// The configuration as a TOML file that loads back with `--config`, secrets
+    /// as `"****"` and URL passwords likewise (`check-config`).
+    pub fn to_toml(&self) -> String {
+        file::render(self)
+    }
+
+    /// What the adapter needs to know of the apps and of WeCom.
+    pub fn adapter(&self) -> (AdapterSettings, Vec<AppSpec>) {
+        let upstream = &self.upstream;
+        let token = &self.token;
+        let settings = AdapterSettings {
+            http: HttpSettings {
+                connect_timeout: upstream.connect_timeout,
+                request_timeout: upstream.request_timeout,
+                max_body_bytes: upstream.max_body_bytes,
+            },
+            retry: Retry {
+                max_retries: upstream.max_retries,
+                backoff: upstream.retry_backoff,
+            },
+            tokens: TokenPolicy {
+                refresh_ahead: token.refresh_ahead,
+                expiry_margin: token.expiry_margin,
+                credential_cooldown: token.credential_cooldown,
+                failure_backoff: token.failure_backoff,
+                failure_backoff_max: token.failure_backoff_max,
+            },
+        };
+        let apps = self
+            .apps
+            .iter()
+            .map(|(name, app)| AppSpec {
+                name: name.clone(),
+                corp_id: app.corp_id.clone(),
+                secret: app.secret.clone(),
+                api_base: app.api_base.clone(),
+            })
+            .collect();
+        (settings, apps)
+    }
+}

@@ -1,0 +1,161 @@
+//! What a valid configuration is: app names, API bases, and the bounds of every knob.
+
+use std::{borrow::Cow, time::Duration};
+
+use url::{Host, Url};
+
+use super::{ConfigError, DEFAULT_API_BASE, Settings};
+
+/// Checks an app name: callers send it as gRPC metadata.
+pub(super) fn app_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid app name: use 1-64 of A-Z a-z 0-9 - _ . \
+             (callers send it as gRPC metadata)"
+        ))
+    }
+}
+
+/// Parses an API base: http or https, a host, no query or fragment.
+pub(super) fn api_base(text: &str, key: &str) -> Result<Url, ConfigError> {
+    let refuse = |why: &str| {
+        // The text may hold a password: say what is wrong without quoting it.
+        ConfigError::new(
+            key,
+            format!("is not an http(s) base URL like {DEFAULT_API_BASE}: {why}"),
+        )
+    };
+    let url = Url::parse(text.trim()).map_err(|e| refuse(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refuse("the scheme must be http or https"));
+    }
+    if url.host().is_none() {
+        return Err(refuse("it names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(refuse("it must have no query or fragment"));
+    }
+    Ok(url)
+}
+
+/// Plain HTTP to a host other than this machine: the secret and the tokens, which
+/// travel in query strings, would cross the network in clear text. Credentials in
+/// the URL change nothing about where its host is.
+pub fn is_cleartext_remote(url: &Url) -> bool {
+    let local = match url.host() {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => true,
+    };
+    url.scheme() == "http" && !local
+}
+
+/// The URL with any password shown as `****`, for output of every kind.
+pub fn redacted(url: &Url) -> Cow<'_, Url> {
+    if url.password().is_none() {
+        return Cow::Borrowed(url);
+    }
+    let mut shown = url.clone();
+    // Only fails for URLs that cannot have a password, and this one has one.
+    let _ = shown.set_password(Some("****"));
+    Cow::Owned(shown)
+}
+
+/// Longest duration any knob accepts: an hour in milliseconds, a day in seconds.
+/// Longer values are mistakes, and would overflow clock arithmetic.
+const MAX_MS: u64 = 3_600_000;
+const MAX_SECS: u64 = 86_400;
+
+/// Checks every numeric knob against its bounds, in the order of the file.
+pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
+    let (u, t, srv) = (&s.upstream, &s.token, &s.server);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let secs = |d: Duration| d.as_secs();
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    // (key, value, least, most)
+    let knobs = [
+        (
+            "upstream.connect_timeout_ms",
+            ms(u.connect_timeout),
+            1,
+            MAX_MS,
+        ),
+        (
+            "upstream.request_timeout_ms",
+            ms(u.request_timeout),
+            1,
+            MAX_MS,
+        ),
+        ("upstream.call_timeout_ms", ms(u.call_timeout), 1, MAX_MS),
+        ("upstream.retry_backoff_ms", ms(u.retry_backoff), 0, MAX_MS),
+        // WeCom advises at most 3 retries after -1.
+        ("upstream.max_retries", u.max_retries.into(), 0, 10),
+        (
+            "upstream.max_body_bytes",
+            as_u64(u.max_body_bytes),
+            1024,
+            64 << 20,
+        ),
+        (
+            "token.refresh_ahead_secs",
+            secs(t.refresh_ahead),
+            0,
+            MAX_SECS,
+        ),
+        (
+            "token.expiry_margin_secs",
+            secs(t.expiry_margin),
+            0,
+            MAX_SECS,
+        ),
+        (
+            "token.credential_cooldown_secs",
+            secs(t.credential_cooldown),
+            0,
+            MAX_SECS,
+        ),
+        ("token.failure_backoff_ms", ms(t.failure_backoff), 1, MAX_MS),
+        (
+            "token.failure_backoff_max_ms",
+            ms(t.failure_backoff_max),
+            ms(t.failure_backoff),
+            MAX_MS,
+        ),
+        (
+            "server.max_decode_message_bytes",
+            as_u64(srv.max_decode_message_bytes),
+            1024,
+            64 << 20,
+        ),
+        (
+            "server.max_concurrent_streams",
+            srv.max_concurrent_streams.into(),
+            1,
+            10_000,
+        ),
+        ("server.drain_delay_ms", ms(srv.drain_delay), 0, MAX_MS),
+        (
+            "server.shutdown_grace_ms",
+            ms(srv.shutdown_grace),
+            0,
+            MAX_MS,
+        ),
+    ];
+    for (key, value, least, most) in knobs {
+        if !(least..=most).contains(&value) {
+            return Err(ConfigError::new(
+                key,
+                format!("is {value}; it must be between {least} and {most}"),
+            ));
+        }
+    }
+    Ok(())
+}

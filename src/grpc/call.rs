@@ -1,0 +1,152 @@
+//! What the edge knows of a call besides its message, and the one place a call's
+//! outcome is recorded.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tracing::Span;
+
+use super::{
+    APP_METADATA_KEY, deadline,
+    error::{CallError, Failure, Fault},
+};
+use crate::{telemetry::ErrorChain, wecom};
+
+/// Answers are computed at least this much before the caller's deadline, so the
+/// caller gets the gateway's DEADLINE_EXCEEDED (with details) rather than the bare
+/// CANCELLED tonic sends when the deadline passes first.
+const DEADLINE_HEADROOM: Duration = Duration::from_millis(20);
+
+/// When a call arrived: the caller's deadline counts from here.
+#[derive(Debug, Clone, Copy)]
+struct Arrival(Instant);
+
+/// Interceptor for the service: stamps each call's arrival before its message is
+/// decoded.
+pub fn stamp_arrival(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.extensions_mut().insert(Arrival(Instant::now()));
+    Ok(request)
+}
+
+/// One call in progress.
+pub(super) struct Call {
+    metadata: MetadataMap,
+    arrival: Instant,
+    /// The caller's address, for the audit.
+    pub(super) peer: Option<SocketAddr>,
+    /// The RPC's span: the handler runs in it.
+    pub(super) span: Span,
+}
+
+impl Call {
+    /// Takes a request apart: the call, and its message.
+    pub(super) fn accept<T>(method: &'static str, request: Request<T>) -> (Self, T) {
+        let peer = request.remote_addr();
+        let (metadata, extensions, message) = request.into_parts();
+        let arrival = extensions
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |arrival| arrival.0);
+        let span = tracing::info_span!(
+            "rpc",
+            rpc.system = "grpc",
+            rpc.service = "wecom.kf.v1.CustomerUpgradeService",
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            wecom.app = tracing::field::Empty,
+            wecom.errcode = tracing::field::Empty,
+        );
+        let call = Call {
+            metadata,
+            arrival,
+            peer,
+            span,
+        };
+        (call, message)
+    }
+
+    /// The app the caller asked for, if any; sent at most once.
+    pub(super) fn requested_app(&self) -> Result<Option<&str>, CallError> {
+        let invalid = |problem| CallError::InvalidMetadata {
+            key: APP_METADATA_KEY,
+            problem,
+        };
+        let mut values = self.metadata.get_all(APP_METADATA_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(invalid("was sent more than once; send it once"));
+        }
+        value
+            .to_str()
+            .map(Some)
+            .map_err(|_| invalid("must be printable ASCII"))
+    }
+
+    /// Runs the WeCom work within the time left: `limit` (the gateway's call
+    /// timeout) or the caller's deadline less the headroom, whichever is sooner.
+    pub(super) async fn within<T>(
+        &self,
+        limit: Duration,
+        work: impl Future<Output = Result<T, wecom::Error>>,
+    ) -> Result<T, Failure> {
+        let caller = self.caller_budget();
+        let budget = caller.map_or(limit, |c| c.min(limit));
+        if budget.is_zero() {
+            // No time left: starting the call would only send WeCom work nobody awaits.
+            return Err(CallError::DeadlineExceeded { waited: budget }.into());
+        }
+        match tokio::time::timeout(budget, work).await {
+            Ok(result) => Ok(result?),
+            Err(_) if caller.is_some_and(|c| c <= limit) => {
+                Err(CallError::DeadlineExceeded { waited: budget }.into())
+            }
+            Err(_) => Err(CallError::CallTimeout { timeout: limit }.into()),
+        }
+    }
+
+    /// Time left before the caller's deadline, less the headroom.
+    fn caller_budget(&self) -> Option<Duration> {
+        let timeout = deadline::caller_timeout(&self.metadata)?;
+        let headroom = DEADLINE_HEADROOM.max(timeout / 20);
+        Some(timeout.saturating_sub(self.arrival.elapsed() + headroom))
+    }
+
+    /// Ends the call: records its status on the span and logs a failure once, at
+    /// the level its fault calls for (the cause chain stays in the log; the caller
+    /// gets the mapped status).
+    pub(super) fn answer<T>(self, result: Result<T, Failure>) -> Result<Response<T>, Status> {
+        let _in_span = self.span.enter();
+        let failure = match result {
+            Ok(message) => {
+                self.span.record("rpc.grpc.status_code", Code::Ok as i32);
+                tracing::debug!(code = ?Code::Ok, "rpc finished");
+                return Ok(Response::new(message));
+            }
+            Err(failure) => failure,
+        };
+        let code = failure.status.code();
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if let Some(errcode) = failure.error.errcode() {
+            self.span.record("wecom.errcode", errcode);
+        }
+        let error = ErrorChain(&failure.error);
+        match failure.fault {
+            Fault::Caller => {
+                tracing::info!(code = ?code, reason = failure.reason, %error, "call refused")
+            }
+            Fault::Operator | Fault::WeCom => tracing::warn!(
+                code = ?code,
+                reason = failure.reason,
+                fault = ?failure.fault,
+                %error,
+                "call failed"
+            ),
+        }
+        Err(failure.status)
+    }
+}

@@ -1,0 +1,707 @@
+//! One app's access token, shared by all of its calls.
+//!
+//! One refresher task per app owns every fetch and publishes the token (or the
+//! error that holds callers off) through a `watch` channel:
+//! - single flight: however many callers find the cache cold or expired, they ask
+//!   the refresher once and wait for its next publication, success or failure;
+//! - refresh ahead: a token close to expiry is refreshed in the background while
+//!   callers keep using it;
+//! - compare-and-invalidate: a business call whose token was refused drops the
+//!   published token only if it is still that token, so a burst of failures causes
+//!   one refresh;
+//! - no hammering: a failed fetch is published with a hold, a cool-down when WeCom
+//!   refused the credentials, a jittered backoff when the failure was transient.
+//!
+//! The refresher is the single place that calls a [`TokenSource`]: where a fleet of
+//! replicas will coordinate, and where other kinds of token plug in.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::{Notify, watch},
+    task::AbortHandle,
+    time::Instant,
+};
+
+use super::{AccessToken, IssuedToken, TokenSource};
+use crate::{
+    telemetry::ErrorChain,
+    wecom::{Endpoint, Error, Retry, TransportKind, retry::backoff},
+};
+
+/// How long tokens are kept and how failed fetches are held.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    /// Refresh this long before expiry, in the background, while callers keep the
+    /// still-valid token. Capped at a quarter of the token's lifetime.
+    pub refresh_ahead: Duration,
+    /// Treat a token as expired this long before WeCom does, to absorb clock skew and
+    /// request latency. Capped at a tenth of the token's lifetime.
+    pub expiry_margin: Duration,
+    /// After the source rejects the credentials (40001, 40013), answer callers with
+    /// that error for this long instead of fetching again.
+    pub credential_cooldown: Duration,
+    /// After a transient failure, hold callers off at least this long (doubling,
+    /// with jitter, up to `failure_backoff_max`) before the next fetch.
+    pub failure_backoff: Duration,
+    /// Longest hold after transient failures.
+    pub failure_backoff_max: Duration,
+}
+
+/// Longest lifetime believed from a token source.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// One app's token, shared by all of its calls. Dropping it stops its refresher.
+pub struct TokenCache {
+    app: Arc<str>,
+    shared: Arc<Shared>,
+    refresher: AbortHandle,
+}
+
+/// What callers and the refresher share.
+struct Shared {
+    /// The published state. Callers read it, and mark it when they need a fetch or
+    /// drop a refused token; only the refresher publishes fetch outcomes.
+    slot: watch::Sender<Slot>,
+    /// Wakes the refresher; notified exactly when `slot.requested` turns true.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Slot {
+    current: Option<Cached>,
+    /// The newest fetch failed and no token is valid: callers get this error,
+    /// without a new fetch, until `until`.
+    failed: Option<Held>,
+    /// A caller asked the refresher for a fetch whose outcome is not published yet.
+    requested: bool,
+}
+
+struct Cached {
+    token: AccessToken,
+    /// When the gateway stops using it (before WeCom's expiry, by the margin).
+    expires_at: Instant,
+    /// When a background refresh is due.
+    refresh_at: Instant,
+}
+
+struct Held {
+    error: Error,
+    until: Instant,
+}
+
+/// What a caller gets from the slot right now.
+enum Answer {
+    Ready(Result<AccessToken, Error>),
+    /// Wait for the refresher's next publication.
+    Wait,
+}
+
+// === impl Slot ===
+
+impl Slot {
+    /// A valid token other than `refused`, if there is one.
+    fn fresh(&self, now: Instant, refused: Option<&AccessToken>) -> Option<&Cached> {
+        self.current
+            .as_ref()
+            .filter(|c| now < c.expires_at && Some(&c.token) != refused)
+    }
+
+    /// Answers a caller, asking for a fetch when one is needed and none is asked
+    /// for yet; returns whether this caller asked (and must wake the refresher). A
+    /// caller that already `waited` for a publication takes a failure as its answer
+    /// even when its hold is over: it queued behind that fetch and shares its outcome.
+    fn answer(
+        &mut self,
+        now: Instant,
+        refused: Option<&AccessToken>,
+        waited: bool,
+    ) -> (Answer, bool) {
+        if let Some(cached) = self.fresh(now, refused) {
+            let token = cached.token.clone();
+            let due = now >= cached.refresh_at;
+            return (Answer::Ready(Ok(token)), due && self.request());
+        }
+        if let Some(held) = &self.failed
+            && (waited || now < held.until)
+        {
+            return (Answer::Ready(Err(held.error.clone())), false);
+        }
+        (Answer::Wait, self.request())
+    }
+
+    /// Marks a fetch as asked for; true if it was not already.
+    fn request(&mut self) -> bool {
+        !std::mem::replace(&mut self.requested, true)
+    }
+}
+
+// === impl TokenCache ===
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TokenCache {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+impl TokenCache {
+    /// A cold cache for `app`, whose refresher task starts now (in the current
+    /// Tokio runtime). Transient failures of `source` are retried by `retry`
+    /// inside the fetch, before callers see them.
+    pub fn new(
+        app: impl Into<Arc<str>>,
+        source: Arc<dyn TokenSource>,
+        policy: TokenPolicy,
+        retry: Retry,
+    ) -> Self {
+        let app = app.into();
+        let shared = Arc::new(Shared {
+            slot: watch::Sender::new(Slot::default()),
+            wake: Notify::new(),
+        });
+        let refresher = Refresher {
+            app: Arc::clone(&app),
+            source,
+            policy,
+            retry,
+            shared: Arc::clone(&shared),
+            failures: 0,
+        };
+        let refresher = tokio::spawn(refresher.run()).abort_handle();
+        Self {
+            app,
+            shared,
+            refresher,
+        }
+    }
+
+    /// A valid token: the published one, or the next one the refresher fetches.
+    pub async fn get(&self) -> Result<AccessToken, Error> {
+        self.token_other_than(None).await
+    }
+
+    /// WeCom refused `refused`: drops it if it is still the published token
+    /// (compare-and-invalidate) and returns a valid token other than it. A token
+    /// fetched meanwhile is shared; only if that is `refused` again is another
+    /// fetch made.
+    pub async fn replace(&self, refused: &AccessToken) -> Result<AccessToken, Error> {
+        self.invalidate(refused);
+        self.token_other_than(Some(refused)).await
+    }
+
+    /// Drops the published token if it is still `failed`: WeCom refused it. A
+    /// token that was already replaced stays, so concurrent failures cause one
+    /// refresh. Returns whether the token was dropped.
+    pub fn invalidate(&self, failed: &AccessToken) -> bool {
+        let mut dropped = false;
+        // Silent: nobody waits for a token to disappear, only for one to arrive.
+        self.shared.slot.send_if_modified(|slot| {
+            dropped = slot.current.as_ref().is_some_and(|c| &c.token == failed);
+            if dropped {
+                slot.current = None;
+            }
+            false
+        });
+        if dropped {
+            tracing::info!(app = %self.app, "access token refused by WeCom; dropped from the cache");
+        }
+        dropped
+    }
+
+    /// Time left before the published token is dropped, if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        let slot = self.shared.slot.borrow();
+        let cached = slot.current.as_ref()?;
+        Some(cached.expires_at.saturating_duration_since(Instant::now()))
+    }
+
+    async fn token_other_than(&self, refused: Option<&AccessToken>) -> Result<AccessToken, Error> {
+        // The fast path: a fresh token under the channel's read lock.
+        if let Some(cached) = self.shared.slot.borrow().fresh(Instant::now(), refused)
+            && Instant::now() < cached.refresh_at
+        {
+            return Ok(cached.token.clone());
+        }
+        let mut published = self.shared.slot.subscribe();
+        let mut avoid = refused;
+        let mut waited = false;
+        loop {
+            let mut asked = false;
+            let mut answer = Answer::Wait;
+            self.shared.slot.send_if_modified(|slot| {
+                (answer, asked) = slot.answer(Instant::now(), avoid, waited);
+                false
+            });
+            if asked {
+                self.shared.wake.notify_one();
+            }
+            if let Answer::Ready(result) = answer {
+                return result;
+            }
+            // The refresher lives as long as `self`, and with it the sender.
+            if published.changed().await.is_err() {
+                return Err(stopped());
+            }
+            waited = true;
+            if asked {
+                // The fetch this caller asked for, started after the refusal: its
+                // token is the answer even if WeCom handed out the refused one again.
+                // A fetch that was already under way could still bring back the
+                // refused token; then this caller asks for one of its own.
+                avoid = None;
+            }
+        }
+    }
+}
+
+/// The error for a fetch that never finished: the runtime is shutting down, or a
+/// token source broke its promise not to panic.
+fn stopped() -> Error {
+    Error::Transport {
+        endpoint: Endpoint::GetToken,
+        kind: TransportKind::Other,
+        cause: Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            "the token fetch did not finish",
+        )),
+    }
+}
+
+// === impl Refresher ===
+
+/// The task that owns an app's fetches.
+struct Refresher {
+    app: Arc<str>,
+    source: Arc<dyn TokenSource>,
+    policy: TokenPolicy,
+    retry: Retry,
+    shared: Arc<Shared>,
+    /// Fetches failed in a row, for the backoff.
+    failures: u32,
+}
+
+impl Refresher {
+    async fn run(mut self) {
+        loop {
+            self.shared.wake.notified().await;
+            let fetch = tokio::spawn(fetch(Arc::clone(&self.source), self.retry));
+            // A panicking source fails this fetch, not the refresher.
+            let result = fetch.await.unwrap_or_else(|_| Err(stopped()));
+            self.publish(result);
+        }
+    }
+
+    /// Publishes a fetch's outcome to every waiting caller, and logs it.
+    fn publish(&mut self, result: Result<IssuedToken, Error>) {
+        let now = Instant::now();
+        match result {
+            Ok(issued) => {
+                self.failures = 0;
+                let lifetime = issued.expires_in.min(MAX_TOKEN_LIFETIME);
+                self.shared.slot.send_modify(|slot| {
+                    slot.current = Some(self.cached(slot, issued.token, lifetime, now));
+                    slot.failed = None;
+                    slot.requested = false;
+                });
+                tracing::info!(app = %self.app, expires_in_secs = lifetime.as_secs(), "access token fetched");
+            }
+            Err(error) => {
+                self.failures = self.failures.saturating_add(1);
+                let wait = if error.is_credential_rejection() {
+                    self.policy.credential_cooldown
+                } else {
+                    backoff(
+                        self.policy.failure_backoff,
+                        self.failures,
+                        self.policy.failure_backoff_max,
+                    )
+                };
+                let mut kept = false;
+                self.shared.slot.send_modify(|slot| {
+                    slot.requested = false;
+                    match slot.current.as_mut().filter(|c| now < c.expires_at) {
+                        // A background refresh failed: keep serving the valid token, try later.
+                        Some(current) => {
+                            current.refresh_at = now + wait;
+                            kept = true;
+                        }
+                        None => {
+                            slot.failed = Some(Held {
+                                error: error.clone(),
+                                until: now + wait,
+                            })
+                        }
+                    }
+                });
+                tracing::warn!(
+                    app = %self.app,
+                    error = %ErrorChain(&error),
+                    failures = self.failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    kept_valid_token = kept,
+                    "access token fetch failed"
+                );
+            }
+        }
+    }
+
+    /// How long a newly fetched token is used, and when it is refreshed.
+    fn cached(&self, slot: &Slot, token: AccessToken, lifetime: Duration, now: Instant) -> Cached {
+        let renewed = slot.current.as_ref().is_some_and(|c| c.token == token);
+        if renewed {
+            // WeCom hands out the same token while it is valid, with the time it has
+            // left. Refreshing it again would only get it again: use it to its end,
+            // where a 42001 makes WeCom issue the next one.
+            return Cached {
+                token,
+                expires_at: now + lifetime,
+                refresh_at: now + lifetime,
+            };
+        }
+        let margin = self.policy.expiry_margin.min(lifetime / 10);
+        let ahead = self.policy.refresh_ahead.min(lifetime / 4);
+        let expires_at = now + lifetime - margin;
+        Cached {
+            token,
+            expires_at,
+            refresh_at: expires_at - ahead,
+        }
+    }
+}
+
+/// One fetch, with bounded retries of transient failures.
+async fn fetch(source: Arc<dyn TokenSource>, retry: Retry) -> Result<IssuedToken, Error> {
+    let mut retries = 0;
+    loop {
+        match source.fetch().await {
+            Err(error) => {
+                retries += 1;
+                if !retry.pause_before(retries, &error).await {
+                    return Err(error);
+                }
+            }
+            issued => return issued,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    /// The defaults the configuration documents.
+    fn policy() -> TokenPolicy {
+        TokenPolicy {
+            refresh_ahead: Duration::from_secs(300),
+            expiry_margin: Duration::from_secs(30),
+            credential_cooldown: Duration::from_secs(60),
+            failure_backoff: Duration::from_millis(500),
+            failure_backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// A source that counts fetches and answers from a script.
+    #[derive(Debug)]
+    struct Scripted {
+        calls: AtomicUsize,
+        delay: Duration,
+        expires_in: Duration,
+        /// Fail this many of the next fetches with this error.
+        failures: Mutex<Option<(Error, usize)>>,
+    }
+
+    impl Scripted {
+        fn new(expires_in: Duration) -> Arc<Self> {
+            Arc::new(Self {
+                calls: AtomicUsize::new(0),
+                delay: Duration::from_millis(50),
+                expires_in,
+                failures: Mutex::new(None),
+            })
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+        fn fail_next(&self, times: usize, errcode: i64) {
+            *self.failures.lock().unwrap() = Some((api_error(Endpoint::GetToken, errcode), times));
+        }
+    }
+
+    #[async_trait]
+    impl TokenSource for Scripted {
+        async fn fetch(&self) -> Result<IssuedToken, Error> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.delay).await;
+            if let Some((error, times)) = self.failures.lock().unwrap().as_mut()
+                && *times > 0
+            {
+                *times -= 1;
+                return Err(error.clone());
+            }
+            Ok(IssuedToken {
+                token: AccessToken::new(format!("token-{n}")),
+                expires_in: self.expires_in,
+            })
+        }
+    }
+
+    const RETRY: Retry = Retry {
+        max_retries: 2,
+        backoff: Duration::from_millis(100),
+    };
+
+    fn cache(source: Arc<Scripted>) -> Arc<TokenCache> {
+        Arc::new(TokenCache::new("test", source, policy(), RETRY))
+    }
+
+    /// `n` callers at once; their results in order.
+    async fn concurrent_gets(cache: &Arc<TokenCache>, n: usize) -> Vec<Result<AccessToken, Error>> {
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(n);
+        for call in calls {
+            results.push(call.await.unwrap());
+        }
+        results
+    }
+
+    fn api_error(endpoint: Endpoint, errcode: i64) -> Error {
+        Error::Api {
+            endpoint,
+            errcode,
+            errmsg: "scripted".into(),
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_on_a_cold_cache_share_one_fetch() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        for result in concurrent_gets(&cache, 500).await {
+            assert_eq!(result.unwrap().expose(), "token-1");
+        }
+        assert_eq!(source.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_token_is_fetched_again_once() {
+        let source = Scripted::new(Duration::from_secs(100));
+        let cache = cache(source.clone());
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        // Expiry is at 90% of the lifetime (margin of a tenth), so 95 s is past it.
+        tokio::time::advance(Duration::from_secs(95)).await;
+        for result in concurrent_gets(&cache, 50).await {
+            assert_eq!(result.unwrap().expose(), "token-2");
+        }
+        assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_near_expiry_is_refreshed_in_the_background_while_still_served() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        cache.get().await.unwrap();
+        // Expiry at 3600 - 30 s, refresh due 300 s before that.
+        tokio::time::advance(Duration::from_secs(3600 - 30 - 299)).await;
+        assert_eq!(
+            cache.get().await.unwrap().expose(),
+            "token-1",
+            "served at once"
+        );
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        tokio::time::sleep(Duration::from_millis(100)).await; // the refresh's fetch takes 50 ms
+        assert_eq!(cache.get().await.unwrap().expose(), "token-2");
+        assert_eq!(
+            source.calls(),
+            2,
+            "one background refresh for all those calls"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidation_only_drops_the_token_that_failed() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        let first = cache.get().await.unwrap();
+        assert!(cache.invalidate(&first));
+        let second = cache.get().await.unwrap();
+        assert_eq!(second.expose(), "token-2");
+        // A late failure report for the first token must not drop the second.
+        assert!(!cache.invalidate(&first));
+        assert_eq!(cache.get().await.unwrap(), second);
+        assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejected_credentials_are_held_for_the_cool_down() {
+        let source = Scripted::new(HOUR);
+        source.fail_next(usize::MAX, 40001);
+        let cache = cache(source.clone());
+        for _ in 0..20 {
+            let error = cache.get().await.unwrap_err();
+            assert!(error.is_credential_rejection());
+        }
+        assert_eq!(
+            source.calls(),
+            1,
+            "one gettoken for twenty callers, not retried"
+        );
+        source.fail_next(0, 40001);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "token-2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_failure_is_retried_inside_the_single_flight() {
+        let source = Scripted::new(HOUR);
+        source.fail_next(1, -1);
+        let cache = cache(source.clone());
+        for result in concurrent_gets(&cache, 20).await {
+            assert_eq!(result.unwrap().expose(), "token-2");
+        }
+        assert_eq!(
+            source.calls(),
+            2,
+            "one failure, one retry, for twenty callers"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn persistent_transient_failures_are_held_then_tried_again() {
+        let source = Scripted::new(HOUR);
+        source.fail_next(usize::MAX, -1);
+        let cache = cache(source.clone());
+        assert!(cache.get().await.is_err());
+        assert_eq!(source.calls(), 3, "the fetch and its two retries");
+        assert!(cache.get().await.is_err());
+        assert_eq!(source.calls(), 3, "the next caller got the held error");
+        tokio::time::advance(Duration::from_millis(600)).await; // the first hold is at most 500 ms
+        assert!(cache.get().await.is_err());
+        assert_eq!(source.calls(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_background_refresh_keeps_the_valid_token() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        cache.get().await.unwrap();
+        source.fail_next(usize::MAX, -1);
+        tokio::time::advance(Duration::from_secs(3600 - 30 - 100)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        tokio::time::sleep(Duration::from_secs(5)).await; // the refresh and its retries end
+        assert_eq!(
+            source.calls(),
+            4,
+            "the first fetch, then one refresh with two retries"
+        );
+        assert_eq!(
+            cache.get().await.unwrap().expose(),
+            "token-1",
+            "still valid, still served"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_that_give_up_do_not_cancel_the_shared_fetch() {
+        let source = Scripted::new(HOUR); // each fetch takes 50 ms
+        let cache = cache(source.clone());
+        let impatient: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_millis(10), cache.get()).await
+                })
+            })
+            .collect();
+        for caller in impatient {
+            assert!(
+                caller.await.unwrap().is_err(),
+                "the caller's own deadline passed"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        assert_eq!(source.calls(), 1, "fifty impatient callers, one gettoken");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_queued_behind_a_failed_fetch_share_its_failure_even_without_a_hold() {
+        let source = Scripted::new(HOUR);
+        source.fail_next(usize::MAX, 40001);
+        let settings = TokenPolicy {
+            credential_cooldown: Duration::ZERO,
+            ..policy()
+        };
+        let cache = Arc::new(TokenCache::new("test", source.clone(), settings, RETRY));
+        for result in concurrent_gets(&cache, 20).await {
+            assert!(result.is_err());
+        }
+        assert_eq!(source.calls(), 1);
+    }
+
+    /// Like WeCom: while a token is valid, `gettoken` returns it again with the time
+    /// it has left.
+    #[derive(Debug, Default)]
+    struct WeComLike {
+        calls: AtomicUsize,
+        issued: Mutex<Option<(usize, Instant)>>,
+    }
+
+    #[async_trait]
+    impl TokenSource for WeComLike {
+        async fn fetch(&self) -> Result<IssuedToken, Error> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut issued = self.issued.lock().unwrap();
+            let lifetime = Duration::from_secs(7200);
+            let (id, at) = match *issued {
+                Some((id, at)) if at.elapsed() < lifetime => (id, at),
+                _ => *issued.insert((n, Instant::now())),
+            };
+            Ok(IssuedToken {
+                token: AccessToken::new(format!("token-{id}")),
+                expires_in: Duration::from_secs((lifetime - at.elapsed()).as_secs().max(1)),
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_wecom_hands_out_again_is_used_to_its_end_not_refetched() {
+        let source = Arc::new(WeComLike::default());
+        let cache = Arc::new(TokenCache::new("test", source.clone(), policy(), RETRY));
+        // A call every 10 s for a little more than one lifetime.
+        for _ in 0..740 {
+            cache.get().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        // The first fetch, one refresh ahead of expiry (which gets the same token),
+        // and one fetch once WeCom's lifetime is over.
+        assert_eq!(source.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.get().await.unwrap().expose(), "token-3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_expires_in_is_capped_not_overflowed() {
+        let source = Scripted::new(Duration::from_secs(u64::MAX));
+        let cache = cache(source.clone());
+        assert_eq!(cache.get().await.unwrap().expose(), "token-1");
+        assert!(cache.remaining().unwrap() <= MAX_TOKEN_LIFETIME);
+    }
+}

@@ -1,0 +1,8 @@
+//! Access tokens: where they come from ([`TokenSource`]) and how one app's calls
+//! share them ([`TokenCache`]).
+
+mod cache;
+mod source;
+
+pub use cache::{TokenCache, TokenPolicy};
+pub use source::{AccessToken, GetToken, IssuedToken, TokenSource};

@@ -1,0 +1,118 @@
+//! Where access tokens come from: the [`TokenSource`] trait and `gettoken`.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::wecom::{
+    Endpoint, Error,
+    api::{self, TokenAnswer},
+    transport::{Call, Transport},
+};
+
+/// An access token. Its `Debug` is redacted and it has no `Display`, so it cannot
+/// reach a log by accident; [`AccessToken::expose`] is for building the request only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(Arc<str>);
+
+impl AccessToken {
+    /// Wraps a token string.
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the `access_token` query parameter.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(****)")
+    }
+}
+
+/// A token as issued, with its lifetime.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// The token.
+    pub token: AccessToken,
+    /// How long WeCom says it is valid (`expires_in`).
+    pub expires_in: Duration,
+}
+
+/// Where access tokens come from: `gettoken` for self-built and 代开发 apps; a
+/// third-party suite's `get_corp_token` or an external token service would plug in
+/// here. Only an app's [`TokenCache`](super::TokenCache) calls it, one fetch at a time.
+#[async_trait]
+pub trait TokenSource: Send + Sync + fmt::Debug {
+    /// Fetches a new token.
+    async fn fetch(&self) -> Result<IssuedToken, Error>;
+}
+
+/// `GET /cgi-bin/gettoken?corpid=…&corpsecret=…`.
+pub struct GetToken {
+    corp_id: String,
+    secret: SecretString,
+    transport: Transport,
+}
+
+impl GetToken {
+    pub(crate) fn new(corp_id: String, secret: SecretString, transport: Transport) -> Self {
+        Self {
+            corp_id,
+            secret,
+            transport,
+        }
+    }
+}
+
+impl fmt::Debug for GetToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetToken")
+            .field("corp_id", &self.corp_id)
+            .field("secret", &"****")
+            .finish()
+    }
+}
+
+#[async_trait]
+impl TokenSource for GetToken {
+    async fn fetch(&self) -> Result<IssuedToken, Error> {
+        let reply = self
+            .transport
+            .send(Call {
+                endpoint: Endpoint::GetToken,
+                query: &[
+                    ("corpid", &self.corp_id),
+                    ("corpsecret", self.secret.expose_secret()),
+                ],
+                body: None,
+            })
+            .await?;
+        let answer: TokenAnswer = api::decode(Endpoint::GetToken, reply)?;
+        if answer.access_token.is_empty() || answer.expires_in == 0 {
+            return Err(Error::MalformedBody {
+                endpoint: Endpoint::GetToken,
+                problem: "errcode 0 without an access_token or expires_in".to_owned(),
+            });
+        }
+        Ok(IssuedToken {
+            token: AccessToken::new(answer.access_token),
+            expires_in: Duration::from_secs(answer.expires_in),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let token = AccessToken::new("SECRET-TOKEN");
+        assert_eq!(format!("{token:?}"), "AccessToken(****)");
+    }
+}
