@@ -351,6 +351,14 @@ mod tests {
         plan.resolve(&env)
     }
 
+    /// The environment of one app, for tests about other keys.
+    const ONE_APP: &[(&str, &str)] = &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")];
+
+    /// The key a configuration error names.
+    fn key_of(text: &str, vars: &[(&str, &str)]) -> String {
+        from_toml(text, vars).unwrap_err().key
+    }
+
     fn sandbox(api_base: &str) -> SandboxApp {
         SandboxApp {
             api_base: api_base.to_owned(),
@@ -373,14 +381,12 @@ mod tests {
 
     #[test]
     fn nothing_configured_names_the_variable_to_set() {
-        let err = from_toml("", &[]).unwrap_err();
-        assert_eq!(err.key, "WECOM_CORP_ID");
+        assert_eq!(key_of("", &[]), "WECOM_CORP_ID");
     }
 
     #[test]
     fn a_secret_without_a_corp_id_is_rejected() {
-        let err = from_toml("", &[("WECOM_CORP_SECRET", "s")]).unwrap_err();
-        assert_eq!(err.key, "WECOM_CORP_ID");
+        assert_eq!(key_of("", &[("WECOM_CORP_SECRET", "s")]), "WECOM_CORP_ID");
     }
 
     #[test]
@@ -402,15 +408,16 @@ mod tests {
 
     #[test]
     fn an_unreadable_secret_file_names_the_variable() {
-        let err = from_toml(
-            "",
-            &[
-                ("WECOM_CORP_ID", "ww1"),
-                ("WECOM_CORP_SECRET_FILE", "/nonexistent/secret"),
-            ],
-        )
-        .unwrap_err();
-        assert_eq!(err.key, "WECOM_CORP_SECRET_FILE");
+        assert_eq!(
+            key_of(
+                "",
+                &[
+                    ("WECOM_CORP_ID", "ww1"),
+                    ("WECOM_CORP_SECRET_FILE", "/nonexistent/secret"),
+                ]
+            ),
+            "WECOM_CORP_SECRET_FILE"
+        );
     }
 
     #[test]
@@ -452,8 +459,7 @@ mod tests {
     #[test]
     fn a_missing_secret_env_names_the_key() {
         let text = "[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret_env = \"NOPE\"\n";
-        let err = from_toml(text, &[]).unwrap_err();
-        assert_eq!(err.key, "apps[0].secret_env");
+        assert_eq!(key_of(text, &[]), "apps[0].secret_env");
     }
 
     #[test]
@@ -464,52 +470,50 @@ mod tests {
 
     #[test]
     fn zero_timeouts_are_rejected() {
-        let err = from_toml(
-            "[upstream]\ncall_timeout_ms = 0\n",
-            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")],
-        )
-        .unwrap_err();
-        assert_eq!(err.key, "upstream.call_timeout_ms");
+        assert_eq!(
+            key_of("[upstream]\ncall_timeout_ms = 0\n", ONE_APP),
+            "upstream.call_timeout_ms"
+        );
     }
 
     #[test]
     fn durations_that_would_overflow_the_clock_are_rejected() {
-        let err = from_toml(
-            "[token]\ncredential_cooldown_secs = 18446744073709551615\n",
-            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")],
-        )
-        .unwrap_err();
-        assert_eq!(err.key, "token.credential_cooldown_secs");
+        assert_eq!(
+            key_of(
+                "[token]\ncredential_cooldown_secs = 18446744073709551615\n",
+                ONE_APP
+            ),
+            "token.credential_cooldown_secs"
+        );
     }
 
     #[test]
     fn a_default_app_that_is_not_configured_is_rejected() {
         let text =
             "default_app = \"x\"\n[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret = \"s\"\n";
-        let err = from_toml(text, &[]).unwrap_err();
-        assert_eq!(err.key, "default_app");
+        assert_eq!(key_of(text, &[]), "default_app");
     }
 
     #[test]
     fn duplicate_app_names_are_rejected() {
         let text = "[[apps]]\nname = \"a\"\ncorp_id = \"1\"\nsecret = \"s\"\n\
                     [[apps]]\nname = \"a\"\ncorp_id = \"2\"\nsecret = \"s\"\n";
-        let err = from_toml(text, &[]).unwrap_err();
-        assert_eq!(err.key, "apps[1].name");
+        assert_eq!(key_of(text, &[]), "apps[1].name");
     }
 
     #[test]
     fn a_bad_api_base_is_rejected() {
-        let err = from_toml(
-            "",
-            &[
-                ("WECOM_CORP_ID", "ww"),
-                ("WECOM_CORP_SECRET", "s"),
-                ("WECOM_API_BASE", "qyapi.weixin.qq.com"),
-            ],
-        )
-        .unwrap_err();
-        assert_eq!(err.key, "WECOM_API_BASE");
+        assert_eq!(
+            key_of(
+                "",
+                &[
+                    ("WECOM_CORP_ID", "ww"),
+                    ("WECOM_CORP_SECRET", "s"),
+                    ("WECOM_API_BASE", "qyapi.weixin.qq.com"),
+                ]
+            ),
+            "WECOM_API_BASE"
+        );
     }
 
     #[test]
@@ -557,12 +561,7 @@ mod tests {
 
     #[test]
     fn a_bad_base_in_the_file_is_named_by_its_file_key() {
-        let err = from_toml(
-            "api_base = \"ftp://x\"\n",
-            &[("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")],
-        )
-        .unwrap_err();
-        assert_eq!(err.key, "api_base");
+        assert_eq!(key_of("api_base = \"ftp://x\"\n", ONE_APP), "api_base");
     }
 
     #[test]
@@ -633,17 +632,17 @@ mod tests {
     #[test]
     fn the_printed_configuration_loads_back_as_the_same_settings() {
         let text = r#"
-            default_app = "shop"
             listen = "127.0.0.1:6000"
+            default_app = "sales"
             [[apps]]
-            name = "shop"
-            corp_id = "ww-shop"
-            secret = "file-secret"
+            name = "support"
+            corp_id = "ww-support"
+            api_base = "https://user:pass@proxy.example/wecom/"
+            secret_env = "SUPPORT_SECRET"
             [[apps]]
-            name = "crm"
-            corp_id = "ww-crm"
-            secret = "crm-secret"
-            api_base = "http://127.0.0.1:9/"
+            corp_id = "ww-sales"
+            name = "sales"
+            secret = "sales-secret"
             [upstream]
             max_retries = 1
             call_timeout_ms = 1234
@@ -652,12 +651,13 @@ mod tests {
             [server]
             drain_delay_ms = 0
         "#;
-        let first = from_toml(text, &[]).unwrap();
+        let first = from_toml(text, &[("SUPPORT_SECRET", "from-env")]).unwrap();
         let printed = first.to_toml();
         let second = from_toml(&printed, &[]).unwrap();
         assert_eq!(second.to_toml(), printed, "printing is stable");
         assert_eq!(format!("{second:?}"), format!("{first:?}"), "{printed}");
-        assert_eq!(second.apps["shop"].secret.expose_secret(), "****");
+        assert_eq!(second.apps["sales"].secret.expose_secret(), "****");
+        assert_eq!(second.apps["support"].api_base.password(), Some("****"));
     }
 
     #[test]

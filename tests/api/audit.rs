@@ -5,7 +5,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use wecom_kf_upgrade::telemetry::{self, LogFormat};
 
 use crate::helpers::*;
 
@@ -31,13 +32,25 @@ impl<'a> MakeWriter<'a> for Captured {
 }
 
 impl Captured {
-    /// The audit events written so far, as JSON objects.
-    fn audit_events(&self) -> Vec<serde_json::Value> {
+    /// The events written so far, as JSON objects.
+    fn events(&self) -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&self.0.lock().unwrap())
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|event| event["target"] == "audit")
             .collect()
+    }
+
+    /// The audit events written so far.
+    fn audit_events(&self) -> Vec<serde_json::Value> {
+        let events = self.events().into_iter();
+        events.filter(|event| event["target"] == "audit").collect()
+    }
+
+    /// Installs the gateway's JSON subscriber, writing here, for this thread.
+    fn install(&self, filter: &str) -> tracing::subscriber::DefaultGuard {
+        let subscriber =
+            telemetry::subscriber(EnvFilter::new(filter), LogFormat::Json, self.clone());
+        tracing::subscriber::set_default(subscriber)
     }
 }
 
@@ -46,13 +59,7 @@ impl Captured {
 #[tokio::test(flavor = "current_thread")]
 async fn upgrades_and_cancels_are_audited_with_their_outcome() {
     let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter("audit=info")
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = captured.install("audit=info");
     let mut app = spawn_app().await;
 
     app.client
@@ -99,4 +106,47 @@ async fn upgrades_and_cancels_are_audited_with_their_outcome() {
         events[2].get("recommended").is_none(),
         "a cancel recommends nobody"
     );
+}
+
+// A failure is logged once, at the level its fault calls for, with its cause chain;
+// a caller's mistake is not the operator's concern.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_call_is_logged_once_with_its_cause_chain_and_fault() {
+    let captured = Captured::default();
+    let _guard = captured.install("wecom_kf_upgrade=info");
+    let (_closed, closed) = refusing_addr();
+    let mut app = spawn_app_with(|s| {
+        s.apps.get_mut("default").unwrap().api_base = format!("http://{closed}").parse().unwrap();
+        s.upstream.max_retries = 0;
+    })
+    .await;
+    app.client.cancel_upgrade(cancel()).await.unwrap_err();
+    let mut request = for_app(cancel(), "default");
+    request
+        .metadata_mut()
+        .append("x-wecom-app", "x".parse().unwrap());
+    app.client.cancel_upgrade(request).await.unwrap_err();
+
+    let failures: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e["message"] == "call failed" || e["message"] == "call refused")
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:#?}");
+    let (unreachable, refused) = (&failures[0], &failures[1]);
+    assert_eq!(unreachable["level"], "WARN");
+    assert_eq!(unreachable["reason"], "UPSTREAM_UNREACHABLE");
+    assert_eq!(unreachable["fault"], "WeCom");
+    let chain = unreachable["error"].as_str().unwrap_or_default();
+    assert!(
+        chain.starts_with("could not reach WeCom /cgi-bin/gettoken: ") && chain.len() > 60,
+        "the transport cause is kept: {chain}"
+    );
+    assert!(
+        !chain.contains("corpsecret") && !chain.contains("http://"),
+        "{chain}"
+    );
+    assert_eq!(refused["level"], "INFO");
+    assert_eq!(refused["reason"], "INVALID_METADATA");
+    assert_eq!(refused["span"]["rpc.method"], "CancelUpgrade");
 }

@@ -122,6 +122,20 @@ async fn non_ascii_app_metadata_is_invalid_argument() {
     assert_status(&status, Code::InvalidArgument, "INVALID_METADATA");
 }
 
+#[tokio::test]
+async fn an_app_named_twice_is_invalid_metadata_and_reaches_no_wecom() {
+    let mut app = spawn_app().await;
+    let mut request = for_app(cancel(), "default");
+    request
+        .metadata_mut()
+        .append("x-wecom-app", "other".parse().unwrap());
+    let status = app.client.cancel_upgrade(request).await.unwrap_err();
+    let metadata = assert_status(&status, Code::InvalidArgument, "INVALID_METADATA");
+    assert_eq!(metadata["key"], "x-wecom-app");
+    assert!(status.message().contains("more than once"), "{status:?}");
+    assert!(app.sandbox.requests().is_empty());
+}
+
 fn arb_target() -> impl Strategy<Value = Option<Target>> {
     let text = || prop_oneof![".{0,80}", "[a-z]{1,10}", Just(String::new())];
     prop_oneof![

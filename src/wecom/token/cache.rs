@@ -698,6 +698,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_refused_token_that_the_requested_fetch_hands_out_again_is_used() {
+        // WeCom returns the same token while it is valid, even right after a call
+        // was refused with it (a 40014 from a proxy, say): one fetch, then the call
+        // retries with what it got.
+        let source = Arc::new(WeComLike::default());
+        let cache = Arc::new(TokenCache::new("test", source.clone(), policy(), RETRY));
+        let first = cache.get().await.unwrap();
+        let again = cache.replace(&first).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replacing_a_token_already_replaced_makes_no_fetch() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        let first = cache.get().await.unwrap();
+        let second = cache.replace(&first).await.unwrap();
+        // A late refusal of the first token takes the second as it is.
+        assert_eq!(cache.replace(&first).await.unwrap(), second);
+        assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_absurd_expires_in_is_capped_not_overflowed() {
         let source = Scripted::new(Duration::from_secs(u64::MAX));
         let cache = cache(source.clone());
