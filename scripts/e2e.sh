@@ -397,6 +397,55 @@ assert "e2e-secret-must-not-leak" not in text, text
 ' -- env -i PATH="$PATH" WECOM_CORP_ID=wwe2e0000000000001 WECOM_CORP_SECRET=e2e-secret-must-not-leak \
     timeout 10 "$BIN" check-config
 
+# check-config prints a config file: saved and loaded back, it prints the same again.
+env -i PATH="$PATH" CRM_SECRET=e2e-crm-secret-must-not-leak timeout 10 "$BIN" check-config \
+    --config /dev/stdin >"$TMP/printed.toml" 2>&1 <<'TOML' || true
+default_app = "shop"
+[[apps]]
+name = "shop"
+corp_id = "wwe2eshop"
+secret = "e2e-shop-secret-must-not-leak"
+[[apps]]
+name = "crm"
+corp_id = "wwe2ecrm"
+secret_env = "CRM_SECRET"
+api_base = "https://proxy-user:E2E-URL-PASSWORD@proxy.example/wecom"
+[upstream]
+call_timeout_ms = 4321
+TOML
+run_check "check-config output loads back with --config and prints the same settings" 0 "
+import pathlib
+printed = pathlib.Path('$TMP/printed.toml').read_text()
+assert 'call_timeout_ms = 4321' in printed, printed
+assert 'secret = \"****\"' in printed, printed
+for leak in ('e2e-shop-secret', 'e2e-crm-secret', 'E2E-URL-PASSWORD'):
+    assert leak not in printed, leak
+assert text == printed, (text, printed)
+" -- env -i PATH="$PATH" timeout 10 "$BIN" check-config --config "$TMP/printed.toml"
+
+run_check "check-config with a bad key exits 64 (EX_USAGE), names the key once, shows no URL password" 64 '
+assert text.count("WECOM_API_BASE") == 1, text
+assert "E2E-URL-PASSWORD" not in text, text
+' -- env -i PATH="$PATH" WECOM_CORP_ID=ww WECOM_CORP_SECRET=s \
+    WECOM_API_BASE="ftp://user:E2E-URL-PASSWORD@wecom.example" timeout 10 "$BIN" check-config
+
+run_check "serve with a bad configuration exits 64 with one log line naming the key" 64 '
+lines = [l for l in text.splitlines() if l.strip()]
+assert len(lines) == 1 and "apps[0].corp_id" in lines[0], text
+' -- env -i PATH="$PATH" LOG_FORMAT=json timeout 10 "$BIN" serve --config /dev/stdin \
+    --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 <<<$'[[apps]]\nname = "a"\nsecret = "s"'
+
+# A password in the API base stays out of the plain-HTTP warning and every log line.
+env -i PATH="$PATH" LOG_FORMAT=json RUST_LOG=debug WECOM_CORP_ID=ww WECOM_CORP_SECRET=s \
+    WECOM_API_BASE="http://proxy-user:E2E-URL-PASSWORD@wecom.example" \
+    timeout -s TERM 3 "$BIN" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    </dev/null >"$TMP/password.log" 2>&1 || true
+run_check "a password in api_base appears in no log line, the plain-HTTP warning included" 0 "
+assert 'plain HTTP to a remote host' in text, text
+assert 'proxy-user:****@wecom.example' in text, text
+assert 'E2E-URL-PASSWORD' not in text, text
+" -- cat "$TMP/password.log"
+
 # The token the gateway holds: while it is valid, gettoken returns the same one.
 TOKEN="$(http_get "$SANDBOX_URL/cgi-bin/gettoken?corpid=wwsandbox0000000001&corpsecret=sandbox-secret" |
     sed '$d' | timeout 10 python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')" || TOKEN=""

@@ -2,14 +2,16 @@
 //! service members and group chats, recommend one to a customer, cancel it.
 //!
 //! # Layout
-//! - [`config`]: typed settings from a TOML file and the environment; secrets stay secret.
+//! - [`config`]: typed settings, loaded file → environment → sandbox → secrets; printed as TOML.
 //! - [`domain`]: validated requests (`OpenKfId`, `UserId`, `Wording`…).
-//! - [`grpc`]: the tonic service: proto → domain, deadlines, one error → status mapping.
-//! - [`wecom`]: the WeCom adapter: HTTP transport, token cache, errcodes, JSON types.
+//! - [`grpc`]: the edge: straight-line handlers, each call's budget and outcome log, and
+//!   one mapping from an edge error to its status and who is at fault.
+//! - [`wecom`]: the WeCom adapter, free of the configuration: HTTP transport, one token
+//!   refresher per app, errcodes, JSON types.
 //! - [`sandbox`]: a WeCom simulator for the demo, local development and the tests.
 //! - [`startup`]: binds the listeners, serves gRPC and admin HTTP, drains on shutdown.
 //! - [`signal`]: SIGTERM and SIGINT: the first drains, a second exits at once.
-//! - [`telemetry`]: structured logging.
+//! - [`telemetry`]: structured logging to any writer; error cause chains.
 //! - [`cli`]: the `wecom-kf-upgrade` command line.
 #![forbid(unsafe_code)]
 #![warn(

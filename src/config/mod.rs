@@ -5,11 +5,12 @@
 //! Every knob has a default, so `WECOM_CORP_ID` plus `WECOM_CORP_SECRET` is a complete
 //! configuration. Errors name the key that is wrong ([`ConfigError::key`]).
 //!
-//! - `mod.rs`: the settings types;
-//! - [`file`]: the file format, read and written (`check-config` prints it);
-//! - [`env`]: the environment and what it overrides;
+//! - `mod.rs`: the settings types, and what the adapter is given of them;
+//! - `file`: the file format, read and written (`check-config` prints it);
+//! - `env`: the environment's variables;
 //! - `load`: the pipeline above;
-//! - `validate`: names, URLs and bounds.
+//! - `validate`: names, URLs and bounds;
+//! - `units`: durations as milliseconds or seconds in the file.
 
 mod env;
 mod file;
