@@ -9,7 +9,7 @@ use crate::{domain::FieldViolation, wecom};
 
 /// Why a call failed: the edge's own refusals, or the adapter's error.
 #[derive(Debug, thiserror::Error)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// `x-wecom-app` names no configured app.
     #[error("x-wecom-app `{requested}` is not a configured app")]
     UnknownApp {
@@ -57,7 +57,7 @@ pub(crate) fn summary(violations: &[FieldViolation]) -> String {
 
 impl CallError {
     /// WeCom's errcode, when WeCom answered with one.
-    pub fn errcode(&self) -> Option<i64> {
+    pub(crate) fn errcode(&self) -> Option<i64> {
         match self {
             CallError::WeCom(error) => error.errcode(),
             _ => None,
@@ -67,7 +67,7 @@ impl CallError {
 
 /// Who must act on a failure: it decides the log level, and labels metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The caller sent something to fix: logged at info.
     Caller,
     /// The gateway's configuration, its WeCom app's settings, or the gateway itself.
@@ -78,15 +78,15 @@ pub enum Fault {
 
 /// A failed call, mapped once: the cause, the status the caller gets, who is at fault.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// What went wrong, with its cause chain, for the log.
-    pub error: CallError,
+    pub(crate) error: CallError,
     /// What the caller gets.
-    pub status: Status,
+    pub(crate) status: Status,
     /// The ErrorInfo reason in `status`.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
     /// Who must act.
-    pub fault: Fault,
+    pub(crate) fault: Fault,
 }
 
 impl From<CallError> for Failure {

@@ -5,13 +5,13 @@
 //! - `call`: what the edge knows of a call besides its message (app, arrival,
 //!   budget, span), and the one place a call's outcome is logged;
 //! - `convert`: proto → domain (validation) and back;
-//! - [`error`]: what can go wrong at the edge, and who is at fault;
+//! - `error`: what can go wrong at the edge, and who is at fault;
 //! - [`status`]: the one match from an error to its status.
 
 mod call;
 mod convert;
 mod deadline;
-pub mod error;
+mod error;
 mod service;
 pub mod status;
 

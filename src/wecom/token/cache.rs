@@ -225,8 +225,9 @@ impl TokenCache {
 
     async fn token_other_than(&self, refused: Option<&AccessToken>) -> Result<AccessToken, Error> {
         // The fast path: a fresh token under the channel's read lock.
-        if let Some(cached) = self.shared.slot.borrow().fresh(Instant::now(), refused)
-            && Instant::now() < cached.refresh_at
+        let now = Instant::now();
+        if let Some(cached) = self.shared.slot.borrow().fresh(now, refused)
+            && now < cached.refresh_at
         {
             return Ok(cached.token.clone());
         }
