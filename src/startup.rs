@@ -12,7 +12,7 @@ use std::{
 use axum::{Router, http::StatusCode, routing::get};
 use tokio::net::TcpListener;
 use tonic::{
-    service::interceptor::InterceptedService,
+    service::{Routes, interceptor::InterceptedService},
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
@@ -116,9 +116,12 @@ impl Application {
         health
             .set_serving::<CustomerUpgradeServiceServer<UpgradeGateway>>()
             .await;
-        let gateway = UpgradeGateway::new(self.apps, self.settings.upstream.call_timeout);
+        let gateway = Arc::new(UpgradeGateway::new(
+            self.apps,
+            self.settings.upstream.call_timeout,
+        ));
         let service = InterceptedService::new(
-            CustomerUpgradeServiceServer::new(gateway)
+            CustomerUpgradeServiceServer::from_arc(Arc::clone(&gateway))
                 .max_decoding_message_size(server_settings.max_decode_message_bytes),
             grpc::stamp_arrival,
         );
@@ -146,12 +149,21 @@ impl Application {
         });
 
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
-            .max_concurrent_streams(server_settings.max_concurrent_streams)
-            .add_service(health_service)
+        // gRPC and, for callers without it, the same calls as HTTP/JSON: one port,
+        // so TLS, limits and probes are set up once.
+        let routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
+            .into_axum_router()
+            .merge(grpc::http_routes(
+                gateway,
+                server_settings.max_decode_message_bytes,
+            ));
+        let server = Server::builder()
+            .accept_http1(true)
+            .max_concurrent_streams(server_settings.max_concurrent_streams)
+            .add_routes(Routes::from(routes))
             .serve_with_incoming_shutdown(incoming(self.grpc), async {
                 let _ = grpc_stopped.await;
             });

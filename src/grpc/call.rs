@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tonic::{Code, Request, Status, metadata::MetadataMap};
 use tracing::Span;
 
 use super::{
@@ -43,13 +43,23 @@ pub(super) struct Call {
 }
 
 impl Call {
-    /// Takes a request apart: the call, and its message.
+    /// Takes a gRPC request apart: the call, and its message.
     pub(super) fn accept<T>(method: &'static str, request: Request<T>) -> (Self, T) {
         let peer = request.remote_addr();
         let (metadata, extensions, message) = request.into_parts();
         let arrival = extensions
             .get::<Arrival>()
             .map_or_else(Instant::now, |arrival| arrival.0);
+        (Self::new(method, metadata, arrival, peer), message)
+    }
+
+    /// A call of `method` that arrived at `arrival`.
+    pub(super) fn new(
+        method: &'static str,
+        metadata: MetadataMap,
+        arrival: Instant,
+        peer: Option<SocketAddr>,
+    ) -> Self {
         let span = tracing::info_span!(
             "rpc",
             rpc.system = "grpc",
@@ -59,13 +69,12 @@ impl Call {
             wecom.app = tracing::field::Empty,
             wecom.errcode = tracing::field::Empty,
         );
-        let call = Call {
+        Call {
             metadata,
             arrival,
             peer,
             span,
-        };
-        (call, message)
+        }
     }
 
     /// The app the caller asked for, if any; sent at most once.
@@ -116,16 +125,16 @@ impl Call {
         Some(timeout.saturating_sub(self.arrival.elapsed() + headroom))
     }
 
-    /// Ends the call: records its status on the span and logs a failure once, at
-    /// the level its fault calls for (the cause chain stays in the log; the caller
-    /// gets the mapped status).
-    pub(super) fn answer<T>(self, result: Result<T, Failure>) -> Result<Response<T>, Status> {
+    /// Ends the call, over gRPC or HTTP: records its status on the span and logs a
+    /// failure once, at the level its fault calls for (the cause chain stays in the
+    /// log; the caller gets the mapped status).
+    pub(super) fn finish<T>(self, result: Result<T, Failure>) -> Result<T, Status> {
         let _in_span = self.span.enter();
         let failure = match result {
             Ok(message) => {
                 self.span.record("rpc.grpc.status_code", Code::Ok as i32);
                 tracing::debug!(code = ?Code::Ok, "rpc finished");
-                return Ok(Response::new(message));
+                return Ok(message);
             }
             Err(failure) => failure,
         };

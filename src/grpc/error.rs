@@ -26,6 +26,15 @@ pub(crate) enum CallError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// The request could not be read as the message it should be (HTTP/JSON).
+    #[error("the request is not a valid message: {0}")]
+    MalformedRequest(String),
+    /// The request body is over `server.max_decode_message_bytes` (HTTP/JSON).
+    #[error("the request body is over {limit} bytes")]
+    RequestTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
     /// Fields of the request are missing or malformed; nothing was sent to WeCom.
     #[error("invalid request: {}", summary(.0))]
     InvalidRequest(Vec<FieldViolation>),

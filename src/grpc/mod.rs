@@ -5,6 +5,7 @@
 //! - `call`: what the edge knows of a call besides its message (app, arrival,
 //!   budget, span), and the one place a call's outcome is logged;
 //! - `convert`: proto → domain (validation) and back;
+//! - `http`: the same calls as HTTP/JSON on the gRPC port, through the same handlers;
 //! - `error`: what can go wrong at the edge, and who is at fault;
 //! - [`status`]: the one match from an error to its status.
 
@@ -12,10 +13,12 @@ mod call;
 mod convert;
 mod deadline;
 mod error;
+mod http;
 mod service;
 pub mod status;
 
 pub use call::stamp_arrival;
+pub(crate) use http::routes as http_routes;
 pub use service::UpgradeGateway;
 
 /// Code generated from `proto/wecom/kf/v1/upgrade.proto`.

@@ -41,7 +41,10 @@ impl UpgradeGateway {
         Ok(app)
     }
 
-    async fn get_config(&self, call: &Call) -> Result<pb::GetUpgradeConfigResponse, Failure> {
+    pub(super) async fn get_config(
+        &self,
+        call: &Call,
+    ) -> Result<pb::GetUpgradeConfigResponse, Failure> {
         let app = self.app(call)?;
         let config = call
             .within(self.call_timeout, app.get_upgrade_config())
@@ -49,7 +52,7 @@ impl UpgradeGateway {
         Ok(config.into())
     }
 
-    async fn upgrade(
+    pub(super) async fn upgrade(
         &self,
         call: &Call,
         message: pb::UpgradeServiceRequest,
@@ -64,7 +67,7 @@ impl UpgradeGateway {
         outcome.map(|()| pb::UpgradeServiceResponse {})
     }
 
-    async fn cancel(
+    pub(super) async fn cancel(
         &self,
         call: &Call,
         message: pb::CancelUpgradeRequest,
@@ -116,7 +119,7 @@ impl super::CustomerUpgradeService for UpgradeGateway {
     ) -> Result<Response<pb::GetUpgradeConfigResponse>, Status> {
         let (call, _) = Call::accept("GetUpgradeConfig", request);
         let result = self.get_config(&call).instrument(call.span.clone()).await;
-        call.answer(result)
+        call.finish(result).map(Response::new)
     }
 
     async fn upgrade_service(
@@ -128,7 +131,7 @@ impl super::CustomerUpgradeService for UpgradeGateway {
             .upgrade(&call, message)
             .instrument(call.span.clone())
             .await;
-        call.answer(result)
+        call.finish(result).map(Response::new)
     }
 
     async fn cancel_upgrade(
@@ -140,6 +143,6 @@ impl super::CustomerUpgradeService for UpgradeGateway {
             .cancel(&call, message)
             .instrument(call.span.clone())
             .await;
-        call.answer(result)
+        call.finish(result).map(Response::new)
     }
 }

@@ -94,6 +94,21 @@ pub(crate) fn refuse(error: CallError) -> Failure {
             format!("metadata {key} {problem}"),
         )
         .with("key", key),
+        CallError::MalformedRequest(problem) => Refusal::gateway(
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+            Fault::Caller,
+            format!("the request is not a valid message: {problem}; fix the request"),
+        ),
+        CallError::RequestTooLarge { limit } => Refusal::gateway(
+            Code::OutOfRange,
+            "REQUEST_TOO_LARGE",
+            Fault::Caller,
+            format!(
+                "the request body is over {limit} bytes (server.max_decode_message_bytes); send less"
+            ),
+        )
+        .with("limit_bytes", limit),
         CallError::InvalidRequest(violations) => {
             let mut refusal = Refusal::gateway(
                 Code::InvalidArgument,

@@ -4,6 +4,7 @@
 mod audit;
 mod errors;
 mod helpers;
+mod http;
 mod lifecycle;
 mod token;
 mod upgrade;

@@ -1,0 +1,304 @@
+//! HTTP/JSON for callers without gRPC: the same three calls on the gRPC port,
+//! through the same handlers (validation, app, budget, audit, logging, error
+//! mapping), with errors as a `google.rpc.Status` in JSON, the shape grpc-gateway
+//! and Envoy's transcoder give them.
+//!
+//! | route | RPC |
+//! |---|---|
+//! | `GET /v1/upgrade-config` | `GetUpgradeConfig` |
+//! | `POST /v1/upgrade-service` | `UpgradeService` |
+//! | `POST /v1/cancel-upgrade-service` | `CancelUpgrade` |
+//!
+//! Bodies follow the proto3 JSON mapping (lowerCamelCase names; the proto's own
+//! names are accepted too). `x-wecom-app` and `grpc-timeout` work as headers.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Request, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use tonic::{Code, Status, metadata::MetadataMap, transport::server::TcpConnectInfo};
+use tonic_types::StatusExt;
+use tracing::Instrument;
+
+use super::{
+    UpgradeGateway,
+    call::Call,
+    error::{CallError, Failure},
+    pb,
+};
+
+/// The routes, over `gateway`, reading bodies of at most `max_body` bytes.
+pub(crate) fn routes(gateway: Arc<UpgradeGateway>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v1/upgrade-config", get(get_upgrade_config))
+        .route("/v1/upgrade-service", post(upgrade_service))
+        .route("/v1/cancel-upgrade-service", post(cancel_upgrade))
+        .with_state(Transcoder { gateway, max_body })
+}
+
+#[derive(Clone)]
+struct Transcoder {
+    gateway: Arc<UpgradeGateway>,
+    max_body: usize,
+}
+
+impl Transcoder {
+    /// Takes an HTTP request apart: the call (headers as metadata), and its body.
+    async fn accept(
+        &self,
+        method: &'static str,
+        request: Request,
+    ) -> (Call, Result<Bytes, Failure>) {
+        let arrival = Instant::now();
+        let (parts, body) = request.into_parts();
+        let peer = parts
+            .extensions
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        let call = Call::new(
+            method,
+            MetadataMap::from_headers(parts.headers),
+            arrival,
+            peer,
+        );
+        let limit = self.max_body;
+        let body = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| CallError::RequestTooLarge { limit }.into());
+        (call, body)
+    }
+}
+
+async fn get_upgrade_config(State(http): State<Transcoder>, request: Request) -> Response {
+    let (call, _) = http.accept("GetUpgradeConfig", request).await;
+    let work = http.gateway.get_config(&call);
+    let result = work.instrument(call.span.clone()).await;
+    respond(call.finish(result).map(ConfigJson::from))
+}
+
+async fn upgrade_service(State(http): State<Transcoder>, request: Request) -> Response {
+    let (call, body) = http.accept("UpgradeService", request).await;
+    let work = async {
+        let message = decode::<UpgradeJson>(&body?)?.try_into()?;
+        http.gateway.upgrade(&call, message).await
+    };
+    let result = work.instrument(call.span.clone()).await;
+    respond(
+        call.finish(result)
+            .map(|pb::UpgradeServiceResponse {}| json!({})),
+    )
+}
+
+async fn cancel_upgrade(State(http): State<Transcoder>, request: Request) -> Response {
+    let (call, body) = http.accept("CancelUpgrade", request).await;
+    let work = async {
+        let message = decode::<CustomerJson>(&body?)?.into();
+        http.gateway.cancel(&call, message).await
+    };
+    let result = work.instrument(call.span.clone()).await;
+    respond(
+        call.finish(result)
+            .map(|pb::CancelUpgradeResponse {}| json!({})),
+    )
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
+    // An empty body is an empty message, as in gRPC.
+    let body = if body.is_empty() {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        // serde's message may quote the caller's input: keep it short.
+        let problem: String = e.to_string().chars().take(200).collect();
+        CallError::MalformedRequest(problem).into()
+    })
+}
+
+/// 200 with the JSON message, or the error's HTTP status with its `google.rpc.Status`.
+fn respond(result: Result<impl Serialize, Status>) -> Response {
+    match result {
+        Ok(message) => Json(message).into_response(),
+        Err(status) => (http_status(status.code()), Json(status_json(&status))).into_response(),
+    }
+}
+
+/// The HTTP status for a gRPC code, as grpc-gateway maps it.
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A status as `google.rpc.Status` in the proto3 JSON mapping, details included.
+fn status_json(status: &Status) -> Value {
+    let details = status.get_error_details();
+    let mut any = Vec::new();
+    if let Some(info) = details.error_info() {
+        any.push(json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": info.reason,
+            "domain": info.domain,
+            "metadata": info.metadata,
+        }));
+    }
+    if let Some(retry) = details.retry_info().and_then(|r| r.retry_delay) {
+        any.push(json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": format!("{}s", retry.as_secs_f64()),
+        }));
+    }
+    if let Some(bad) = details.bad_request() {
+        let violations: Vec<Value> = bad
+            .field_violations
+            .iter()
+            .map(|v| json!({ "field": v.field, "description": v.description }))
+            .collect();
+        any.push(json!({
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": violations,
+        }));
+    }
+    json!({ "code": status.code() as i32, "message": status.message(), "details": any })
+}
+
+// === the messages in JSON ===
+
+/// `UpgradeServiceRequest`: exactly one of `member` and `groupchat`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeJson {
+    #[serde(default, rename = "openKfid", alias = "open_kfid")]
+    open_kfid: String,
+    #[serde(default, rename = "externalUserid", alias = "external_userid")]
+    external_userid: String,
+    #[serde(default)]
+    member: Option<MemberJson>,
+    #[serde(default)]
+    groupchat: Option<GroupChatJson>,
+}
+
+/// `CancelUpgradeRequest`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerJson {
+    #[serde(default, rename = "openKfid", alias = "open_kfid")]
+    open_kfid: String,
+    #[serde(default, rename = "externalUserid", alias = "external_userid")]
+    external_userid: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberJson {
+    #[serde(default)]
+    userid: String,
+    #[serde(default)]
+    wording: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupChatJson {
+    #[serde(default, rename = "chatId", alias = "chat_id")]
+    chat_id: String,
+    #[serde(default)]
+    wording: String,
+}
+
+impl TryFrom<UpgradeJson> for pb::UpgradeServiceRequest {
+    type Error = Failure;
+
+    fn try_from(json: UpgradeJson) -> Result<Self, Failure> {
+        use pb::upgrade_service_request::Target;
+
+        let target = match (json.member, json.groupchat) {
+            (Some(_), Some(_)) => {
+                let problem = "member and groupchat are one oneof: set only one".to_owned();
+                return Err(CallError::MalformedRequest(problem).into());
+            }
+            (Some(m), None) => Some(Target::Member(pb::MemberTarget {
+                userid: m.userid,
+                wording: m.wording,
+            })),
+            (None, Some(g)) => Some(Target::Groupchat(pb::GroupChatTarget {
+                chat_id: g.chat_id,
+                wording: g.wording,
+            })),
+            (None, None) => None,
+        };
+        Ok(pb::UpgradeServiceRequest {
+            open_kfid: json.open_kfid,
+            external_userid: json.external_userid,
+            target,
+        })
+    }
+}
+
+impl From<CustomerJson> for pb::CancelUpgradeRequest {
+    fn from(json: CustomerJson) -> Self {
+        pb::CancelUpgradeRequest {
+            open_kfid: json.open_kfid,
+            external_userid: json.external_userid,
+        }
+    }
+}
+
+/// `GetUpgradeConfigResponse`, every list present.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigJson {
+    member_range: MemberRangeJson,
+    groupchat_range: GroupChatRangeJson,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberRangeJson {
+    userid_list: Vec<String>,
+    department_id_list: Vec<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupChatRangeJson {
+    chat_id_list: Vec<String>,
+}
+
+impl From<pb::GetUpgradeConfigResponse> for ConfigJson {
+    fn from(response: pb::GetUpgradeConfigResponse) -> Self {
+        let members = response.member_range.unwrap_or_default();
+        let chats = response.groupchat_range.unwrap_or_default();
+        ConfigJson {
+            member_range: MemberRangeJson {
+                userid_list: members.userid_list,
+                department_id_list: members.department_id_list,
+            },
+            groupchat_range: GroupChatRangeJson {
+                chat_id_list: chats.chat_id_list,
+            },
+        }
+    }
+}
