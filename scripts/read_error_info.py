@@ -20,8 +20,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def load_stubs(out: pathlib.Path):
     proto = "wecom/kf/v1/upgrade.proto"
+    # grpc_tools' own google/protobuf/*.proto, which `python -m grpc_tools.protoc` adds by itself.
+    well_known = pathlib.Path(protoc.__file__).parent / "_proto"
     code = protoc.main(
-        ["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}", proto]
+        ["protoc", f"-I{ROOT / 'proto'}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", proto]
     )
     if code != 0:
         sys.exit(f"protoc failed with {code}")

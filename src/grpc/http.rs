@@ -12,7 +12,7 @@
 //! Bodies follow the proto3 JSON mapping (lowerCamelCase names; the proto's own
 //! names are accepted too). `x-wecom-app` and `grpc-timeout` work as headers.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
@@ -23,9 +23,9 @@ use axum::{
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use serde_json::{Value, json};
+use serde_json::json;
 use tonic::{Code, Status, metadata::MetadataMap, transport::server::TcpConnectInfo};
-use tonic_types::StatusExt;
+use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument;
 
 use super::{
@@ -128,7 +128,11 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
 fn respond(result: Result<impl Serialize, Status>) -> Response {
     match result {
         Ok(message) => Json(message).into_response(),
-        Err(status) => (http_status(status.code()), Json(status_json(&status))).into_response(),
+        Err(status) => {
+            let details = status.get_error_details();
+            let body = StatusJson::new(&status, &details);
+            (http_status(status.code()), Json(body)).into_response()
+        }
     }
 }
 
@@ -152,36 +156,88 @@ fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// A status as `google.rpc.Status` in the proto3 JSON mapping, details included.
-fn status_json(status: &Status) -> Value {
-    let details = status.get_error_details();
-    let mut any = Vec::new();
-    if let Some(info) = details.error_info() {
-        any.push(json!({
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": info.reason,
-            "domain": info.domain,
-            "metadata": info.metadata,
-        }));
+/// A status as `google.rpc.Status` in the proto3 JSON mapping, its fields in the
+/// proto's order, as grpc-gateway writes them.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    code: i32,
+    message: &'a str,
+    details: Vec<DetailJson<'a>>,
+}
+
+/// One `google.protobuf.Any` of the details: `@type` first, then the message's fields.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum DetailJson<'a> {
+    ErrorInfo {
+        #[serde(rename = "@type")]
+        type_url: &'static str,
+        reason: &'a str,
+        domain: &'a str,
+        metadata: BTreeMap<&'a str, &'a str>,
+    },
+    RetryInfo {
+        #[serde(rename = "@type")]
+        type_url: &'static str,
+        #[serde(rename = "retryDelay")]
+        retry_delay: String,
+    },
+    BadRequest {
+        #[serde(rename = "@type")]
+        type_url: &'static str,
+        #[serde(rename = "fieldViolations")]
+        field_violations: Vec<ViolationJson<'a>>,
+    },
+}
+
+#[derive(Serialize)]
+struct ViolationJson<'a> {
+    field: &'a str,
+    description: &'a str,
+}
+
+impl<'a> StatusJson<'a> {
+    fn new(status: &'a Status, details: &'a ErrorDetails) -> Self {
+        let mut any = Vec::new();
+        if let Some(info) = details.error_info() {
+            any.push(DetailJson::ErrorInfo {
+                type_url: "type.googleapis.com/google.rpc.ErrorInfo",
+                reason: &info.reason,
+                domain: &info.domain,
+                metadata: info
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            });
+        }
+        if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+            any.push(DetailJson::RetryInfo {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo",
+                // A Duration in JSON: seconds, with a fraction when there is one.
+                retry_delay: format!("{}s", delay.as_secs_f64()),
+            });
+        }
+        if let Some(bad) = details.bad_request() {
+            let field_violations = bad
+                .field_violations
+                .iter()
+                .map(|v| ViolationJson {
+                    field: &v.field,
+                    description: &v.description,
+                })
+                .collect();
+            any.push(DetailJson::BadRequest {
+                type_url: "type.googleapis.com/google.rpc.BadRequest",
+                field_violations,
+            });
+        }
+        StatusJson {
+            code: status.code() as i32,
+            message: status.message(),
+            details: any,
+        }
     }
-    if let Some(retry) = details.retry_info().and_then(|r| r.retry_delay) {
-        any.push(json!({
-            "@type": "type.googleapis.com/google.rpc.RetryInfo",
-            "retryDelay": format!("{}s", retry.as_secs_f64()),
-        }));
-    }
-    if let Some(bad) = details.bad_request() {
-        let violations: Vec<Value> = bad
-            .field_violations
-            .iter()
-            .map(|v| json!({ "field": v.field, "description": v.description }))
-            .collect();
-        any.push(json!({
-            "@type": "type.googleapis.com/google.rpc.BadRequest",
-            "fieldViolations": violations,
-        }));
-    }
-    json!({ "code": status.code() as i32, "message": status.message(), "details": any })
 }
 
 // === the messages in JSON ===
