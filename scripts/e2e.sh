@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of the release binary: starts `serve --sandbox` on free
 # loopback ports and drives it with grpcurl, the `health` subcommand and plain
-# HTTP, then stops it with SIGTERM and watches it drain. Then the Kubernetes
+# HTTP, runs the callers in other languages and buf (scripts/e2e_polyglot.sh),
+# then stops it with SIGTERM and watches it drain. Then the Kubernetes
 # packaging: the Helm chart and the container image (scripts/e2e_k8s.sh).
 #
 # Needs: cargo, python3 with pip, npm, timeout; Debian's apt-get and root for
@@ -11,8 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PASSED=0
-FAILED=0
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/wecom-kf-e2e.XXXXXX")"
 SERVER_LOG="$TMP/server.log"
 SERVER_PID=""
@@ -20,19 +19,8 @@ SERVICE=wecom.kf.v1.CustomerUpgradeService
 # Functions the exit trap calls before removing $TMP (e.g. to remove containers).
 CLEANUP_HOOKS=()
 
-ok() {
-    PASSED=$((PASSED + 1))
-    echo "ok - $1"
-}
-
-not_ok() {
-    FAILED=$((FAILED + 1))
-    echo "not ok - $1"
-    if [[ -n "${2:-}" ]]; then
-        # shellcheck disable=SC2001 # prefix every line of a multi-line text
-        sed 's/^/    # /' <<<"$2"
-    fi
-}
+# shellcheck source=scripts/tap.sh
+source scripts/tap.sh
 
 cleanup() {
     local rc=$?

@@ -15,23 +15,11 @@
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     cd "$(dirname "$0")/.."
-    PASSED=0
-    FAILED=0
+    # shellcheck source=scripts/tap.sh
+    source scripts/tap.sh
     TMP="$(mktemp -d "${TMPDIR:-/tmp}/wecom-kf-e2e-k8s.XXXXXX")"
     BIN="$(realpath "${BIN:-target/release/wecom-kf-upgrade}")"
     CLEANUP_HOOKS=()
-    ok() {
-        PASSED=$((PASSED + 1))
-        echo "ok - $1"
-    }
-    not_ok() {
-        FAILED=$((FAILED + 1))
-        echo "not ok - $1"
-        if [[ -n "${2:-}" ]]; then
-            # shellcheck disable=SC2001 # prefix every line of a multi-line text
-            sed 's/^/    # /' <<<"$2"
-        fi
-    }
     k8s_standalone_exit() {
         local rc=$?
         set +e

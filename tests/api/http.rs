@@ -26,6 +26,11 @@ async fn http(app: &TestApp, path: &str, body: Option<Value>, headers: HeaderMap
     (status, serde_json::from_slice(&body).expect("a JSON body"))
 }
 
+/// `POST /v1/upgrade-service` without headers.
+async fn upgrade_over_http(app: &TestApp, body: Value) -> (u16, Value) {
+    http(app, "/v1/upgrade-service", Some(body), HeaderMap::new()).await
+}
+
 fn member_json(userid: &str) -> Value {
     json!({"openKfid": OPEN_KFID, "externalUserid": EXTERNAL_USERID,
            "member": {"userid": userid, "wording": "你好"}})
@@ -50,13 +55,7 @@ async fn the_three_calls_over_http_match_their_grpc_twins() {
     let chats = grpc.groupchat_range.unwrap().chat_id_list;
     assert_eq!(config["groupchatRange"]["chatIdList"], json!(chats));
 
-    let (status, body) = http(
-        &app,
-        "/v1/upgrade-service",
-        Some(member_json("zhangsan")),
-        HeaderMap::new(),
-    )
-    .await;
+    let (status, body) = upgrade_over_http(&app, member_json("zhangsan")).await;
     assert_eq!((status, body), (200, json!({})));
     let sent = app
         .sandbox
@@ -71,13 +70,7 @@ async fn the_three_calls_over_http_match_their_grpc_twins() {
     // The proto's own field names are accepted too.
     let groupchat = json!({"open_kfid": OPEN_KFID, "external_userid": EXTERNAL_USERID,
                            "groupchat": {"chat_id": "wraaaaaaaaaaaaaaaa"}});
-    let (status, _) = http(
-        &app,
-        "/v1/upgrade-service",
-        Some(groupchat),
-        HeaderMap::new(),
-    )
-    .await;
+    let (status, _) = upgrade_over_http(&app, groupchat).await;
     assert_eq!(status, 200);
     let sent = app
         .sandbox
@@ -240,13 +233,8 @@ async fn every_error_the_sandbox_can_produce_is_the_same_over_http_and_grpc() {
         for (key, value) in case.headers {
             headers.insert(*key, HeaderValue::from_bytes(value).unwrap());
         }
-        let (http_status, body) = http(
-            &app,
-            "/v1/upgrade-service",
-            Some(case.request.clone()),
-            headers,
-        )
-        .await;
+        let request = Some(case.request.clone());
+        let (http_status, body) = http(&app, "/v1/upgrade-service", request, headers).await;
 
         let (grpc, over_http) = (summary(&status), http_summary(&body));
         let expected_http = match status.code() {
@@ -272,23 +260,11 @@ async fn every_error_the_sandbox_can_produce_is_the_same_over_http_and_grpc() {
 #[tokio::test]
 async fn a_malformed_or_oversized_body_is_refused_with_error_info() {
     let app = spawn_app().await;
-    let (status, body) = http(
-        &app,
-        "/v1/upgrade-service",
-        Some(json!({"member": {}, "groupchat": {}})),
-        HeaderMap::new(),
-    )
-    .await;
+    let (status, body) = upgrade_over_http(&app, json!({"member": {}, "groupchat": {}})).await;
     assert_eq!(status, 400);
     assert_eq!(http_summary(&body).1, "MALFORMED_REQUEST");
 
-    let (status, body) = http(
-        &app,
-        "/v1/upgrade-service",
-        Some(json!({"open_kfid": 7})),
-        HeaderMap::new(),
-    )
-    .await;
+    let (status, body) = upgrade_over_http(&app, json!({"open_kfid": 7})).await;
     assert_eq!(
         (status, http_summary(&body).1.as_str()),
         (400, "MALFORMED_REQUEST"),
@@ -296,7 +272,7 @@ async fn a_malformed_or_oversized_body_is_refused_with_error_info() {
     );
 
     let huge = json!({"openKfid": "x".repeat(100 * 1024)});
-    let (status, body) = http(&app, "/v1/upgrade-service", Some(huge), HeaderMap::new()).await;
+    let (status, body) = upgrade_over_http(&app, huge).await;
     assert_eq!(
         (status, http_summary(&body).1.as_str()),
         (400, "REQUEST_TOO_LARGE"),
@@ -311,13 +287,7 @@ async fn rate_limits_carry_retry_info_over_http() {
     let app = spawn_app().await;
     let (endpoint, fault) = errcode(Endpoint::UpgradeService, 45009).unwrap();
     app.fault(endpoint, fault);
-    let (status, body) = http(
-        &app,
-        "/v1/upgrade-service",
-        Some(member_json("zhangsan")),
-        HeaderMap::new(),
-    )
-    .await;
+    let (status, body) = upgrade_over_http(&app, member_json("zhangsan")).await;
     assert_eq!(status, 429);
     let retry = body["details"].as_array().and_then(|d| {
         d.iter()
