@@ -38,10 +38,29 @@ use super::{
 /// The routes, over `gateway`, reading bodies of at most `max_body` bytes.
 pub(crate) fn routes(gateway: Arc<UpgradeGateway>, max_body: usize) -> Router {
     Router::new()
-        .route("/v1/upgrade-config", get(get_upgrade_config))
-        .route("/v1/upgrade-service", post(upgrade_service))
-        .route("/v1/cancel-upgrade-service", post(cancel_upgrade))
+        .route(
+            "/v1/upgrade-config",
+            get(get_upgrade_config).fallback(wrong_method),
+        )
+        .route(
+            "/v1/upgrade-service",
+            post(upgrade_service).fallback(wrong_method),
+        )
+        .route(
+            "/v1/cancel-upgrade-service",
+            post(cancel_upgrade).fallback(wrong_method),
+        )
         .with_state(Transcoder { gateway, max_body })
+}
+
+/// 405 with a `google.rpc.Status` body, as for every other refusal.
+async fn wrong_method(method: axum::http::Method) -> Response {
+    let status = Status::unimplemented(format!(
+        "{method} is not served here; GET /v1/upgrade-config, POST the two others"
+    ));
+    let details = ErrorDetails::new();
+    let body = StatusJson::new(&status, &details);
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 #[derive(Clone)]

@@ -150,3 +150,34 @@ async fn a_failed_call_is_logged_once_with_its_cause_chain_and_fault() {
     assert_eq!(refused["reason"], "INVALID_METADATA");
     assert_eq!(refused["span"]["rpc.method"], "CancelUpgrade");
 }
+
+// HTTP/JSON goes through the same handlers: the same audit event, peer included.
+#[tokio::test(flavor = "current_thread")]
+async fn an_upgrade_over_http_is_audited_like_one_over_grpc() {
+    let captured = Captured::default();
+    let _guard = captured.install("audit=info");
+    let app = spawn_app().await;
+
+    let body = serde_json::json!({"openKfid": OPEN_KFID, "externalUserid": EXTERNAL_USERID,
+                                  "groupchat": {"chatId": "wraaaaaaaaaaaaaaaa"}});
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/upgrade-service", app.grpc_addr))
+        .header("content-type", "application/json")
+        .header("x-wecom-app", "default")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let events = captured.audit_events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(
+        (&event["action"], &event["outcome"], &event["app"]),
+        (&"upgrade".into(), &"Ok".into(), &"default".into())
+    );
+    assert_eq!(event["recommended"], "groupchat wraaaaaaaaaaaaaaaa");
+    let peer = event["peer"].as_str().unwrap_or("");
+    assert!(peer.starts_with("127.0.0.1:"), "{event}");
+}

@@ -299,3 +299,12 @@ async fn rate_limits_carry_retry_info_over_http() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_wrong_method_is_405_with_a_status_body() {
+    let app = spawn_app().await;
+    let (status, body) = http(&app, "/v1/upgrade-service", None, HeaderMap::new()).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["code"], Code::Unimplemented as i32, "{body}");
+    assert!(app.sandbox.requests().is_empty());
+}
