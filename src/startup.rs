@@ -159,7 +159,8 @@ impl Application {
             .merge(grpc::http_routes(
                 gateway,
                 server_settings.max_decode_message_bytes,
-            ));
+            ))
+            .fallback(grpc::unknown_route);
         let server = Server::builder()
             .accept_http1(true)
             .max_concurrent_streams(server_settings.max_concurrent_streams)

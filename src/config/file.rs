@@ -40,8 +40,15 @@ pub(super) struct FileApp {
 /// Parses the file's text.
 pub(super) fn parse(text: &str) -> Result<FileSettings, ConfigError> {
     toml::from_str(text).map_err(|e| {
-        // toml's message names the key and the line; keep it whole.
-        ConfigError::new("--config", e.to_string().trim_end().to_owned())
+        // toml's own Display quotes the offending line, which may hold a secret or a
+        // URL password: say where and what, never the text itself.
+        let place = e.span().map_or_else(String::new, |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        ConfigError::new("--config", format!("{place}{}", e.message().trim_end()))
     })
 }
 

@@ -463,6 +463,22 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_says_where_without_quoting_the_file() {
+        for text in [
+            "[[apps]]\nname = \"a\"\nsecrt = \"TOPSECRET\"\n",
+            "[[apps]]\nname = \"a\"\nsecret = \"TOPSECRET\n",
+            "api_base = \"https://u:TOPSECRET@proxy.example\" x\n",
+        ] {
+            let err = from_toml(text, &[]).unwrap_err();
+            assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+            assert!(err.problem.starts_with("line "), "{err}");
+        }
+        let err = from_toml("[[apps]]\nname = \"a\"\nsecrt = \"x\"\n", &[]).unwrap_err();
+        assert!(err.problem.starts_with("line 3, column 1: "), "{err}");
+        assert!(err.problem.contains("secrt"), "the key is named: {err}");
+    }
+
+    #[test]
     fn an_unknown_key_is_reported_with_its_name() {
         let err = from_toml("[upstream]\nconect_timeout_ms = 5\n", &[]).unwrap_err();
         assert!(err.problem.contains("conect_timeout_ms"), "{err}");

@@ -119,7 +119,7 @@ impl Call {
     }
 
     /// Time left before the caller's deadline, less the headroom.
-    fn caller_budget(&self) -> Option<Duration> {
+    pub(super) fn caller_budget(&self) -> Option<Duration> {
         let timeout = deadline::caller_timeout(&self.metadata)?;
         let headroom = DEADLINE_HEADROOM.max(timeout / 20);
         Some(timeout.saturating_sub(self.arrival.elapsed() + headroom))

@@ -29,6 +29,11 @@ pub(crate) enum CallError {
     /// The request could not be read as the message it should be (HTTP/JSON).
     #[error("the request is not a valid message: {0}")]
     MalformedRequest(String),
+    /// A POST whose `Content-Type` is not JSON (HTTP/JSON). Refusing it keeps a web
+    /// page's form or `text/plain` request, which browsers send cross-origin without
+    /// asking, from upgrading anyone.
+    #[error("content type {0:?} is not application/json")]
+    UnsupportedContentType(String),
     /// The request body is over `server.max_decode_message_bytes` (HTTP/JSON).
     #[error("the request body is over {limit} bytes")]
     RequestTooLarge {

@@ -12,13 +12,17 @@
 //! Bodies follow the proto3 JSON mapping (lowerCamelCase names; the proto's own
 //! names are accepted too). `x-wecom-app` and `grpc-timeout` work as headers.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Instant,
+};
 
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{Request, State},
-    http::StatusCode,
+    http::{HeaderValue, Method, StatusCode, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -28,11 +32,14 @@ use tonic::{Code, Status, metadata::MetadataMap, transport::server::TcpConnectIn
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument;
 
+use http_body_util::LengthLimitError;
+
 use super::{
     UpgradeGateway,
     call::Call,
     error::{CallError, Failure},
     pb,
+    status::GATEWAY_DOMAIN,
 };
 
 /// The routes, over `gateway`, reading bodies of at most `max_body` bytes.
@@ -53,14 +60,49 @@ pub(crate) fn routes(gateway: Arc<UpgradeGateway>, max_body: usize) -> Router {
         .with_state(Transcoder { gateway, max_body })
 }
 
+/// What answers a path nobody serves, on the shared port: a gRPC caller gets
+/// UNIMPLEMENTED as tonic would answer it; anyone else a 404 with a
+/// `google.rpc.Status` body, never a 200 they could mistake for success.
+pub(crate) async fn unknown_route(request: Request) -> Response {
+    let content_type = request.headers().get(CONTENT_TYPE);
+    let grpc = content_type
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/grpc"));
+    if grpc {
+        return Status::unimplemented("").into_http();
+    }
+    let message = format!(
+        "{} {} is not served here: GET /v1/upgrade-config, POST /v1/upgrade-service, \
+         POST /v1/cancel-upgrade-service",
+        request.method(),
+        request.uri().path()
+    );
+    route_refusal(
+        StatusCode::NOT_FOUND,
+        Code::NotFound,
+        "UNKNOWN_ROUTE",
+        message,
+    )
+}
+
 /// 405 with a `google.rpc.Status` body, as for every other refusal.
-async fn wrong_method(method: axum::http::Method) -> Response {
-    let status = Status::unimplemented(format!(
-        "{method} is not served here; GET /v1/upgrade-config, POST the two others"
-    ));
-    let details = ErrorDetails::new();
-    let body = StatusJson::new(&status, &details);
-    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+async fn wrong_method(method: Method) -> Response {
+    let message =
+        format!("{method} is not served here; GET /v1/upgrade-config, POST the two others");
+    route_refusal(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::Unimplemented,
+        "METHOD_NOT_ALLOWED",
+        message,
+    )
+}
+
+/// A refusal of the route itself, before any call: its ErrorInfo is the gateway's.
+fn route_refusal(http: StatusCode, code: Code, reason: &str, message: String) -> Response {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, GATEWAY_DOMAIN, HashMap::new());
+    let status = Status::with_error_details(code, message, details.clone());
+    (http, Json(StatusJson::new(&status, &details))).into_response()
 }
 
 #[derive(Clone)]
@@ -70,7 +112,9 @@ struct Transcoder {
 }
 
 impl Transcoder {
-    /// Takes an HTTP request apart: the call (headers as metadata), and its body.
+    /// Takes an HTTP request apart: the call (headers as metadata), and its body,
+    /// read within the caller's deadline (tonic answers a passed `grpc-timeout`
+    /// itself, as gRPC, so the gateway must answer first).
     async fn accept(
         &self,
         method: &'static str,
@@ -82,18 +126,67 @@ impl Transcoder {
             .extensions
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
+        let posted = parts.method == Method::POST;
+        let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let call = Call::new(
             method,
             MetadataMap::from_headers(parts.headers),
             arrival,
             peer,
         );
-        let limit = self.max_body;
-        let body = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| CallError::RequestTooLarge { limit }.into());
+        if posted && !is_json(content_type.as_ref()) {
+            let found = content_type.map_or_else(
+                || "none".to_owned(),
+                |t| {
+                    String::from_utf8_lossy(t.as_bytes())
+                        .chars()
+                        .take(100)
+                        .collect()
+                },
+            );
+            return (call, Err(CallError::UnsupportedContentType(found).into()));
+        }
+        let read = axum::body::to_bytes(body, self.max_body);
+        let read = match call.caller_budget() {
+            Some(budget) => match tokio::time::timeout(budget, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    return (
+                        call,
+                        Err(CallError::DeadlineExceeded { waited: budget }.into()),
+                    );
+                }
+            },
+            None => read.await,
+        };
+        let body = read.map_err(|error| self.unreadable(error));
         (call, body)
     }
+
+    /// Why a body could not be read: too large, or the connection failed.
+    fn unreadable(&self, error: axum::Error) -> Failure {
+        let error = error.into_inner();
+        let mut causes =
+            std::iter::successors(Some(&*error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            });
+        if causes.any(|e| e.is::<LengthLimitError>()) {
+            CallError::RequestTooLarge {
+                limit: self.max_body,
+            }
+            .into()
+        } else {
+            CallError::MalformedRequest(format!("the body could not be read: {error}")).into()
+        }
+    }
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|t| t.to_str().ok())
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn get_upgrade_config(State(http): State<Transcoder>, request: Request) -> Response {

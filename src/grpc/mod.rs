@@ -18,7 +18,7 @@ mod service;
 pub mod status;
 
 pub use call::stamp_arrival;
-pub(crate) use http::routes as http_routes;
+pub(crate) use http::{routes as http_routes, unknown_route};
 pub use service::UpgradeGateway;
 
 /// Code generated from `proto/wecom/kf/v1/upgrade.proto`.

@@ -100,6 +100,12 @@ pub(crate) fn refuse(error: CallError) -> Failure {
             Fault::Caller,
             format!("the request is not a valid message: {problem}; fix the request"),
         ),
+        CallError::UnsupportedContentType(found) => Refusal::gateway(
+            Code::InvalidArgument,
+            "UNSUPPORTED_CONTENT_TYPE",
+            Fault::Caller,
+            format!("the body is {found:?}; send it as Content-Type: application/json"),
+        ),
         CallError::RequestTooLarge { limit } => Refusal::gateway(
             Code::OutOfRange,
             "REQUEST_TOO_LARGE",

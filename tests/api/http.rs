@@ -308,3 +308,76 @@ async fn a_wrong_method_is_405_with_a_status_body() {
     assert_eq!(body["code"], Code::Unimplemented as i32, "{body}");
     assert!(app.sandbox.requests().is_empty());
 }
+
+#[tokio::test]
+async fn an_unknown_path_is_404_over_http_and_unimplemented_over_grpc() {
+    let app = spawn_app().await;
+    let (status, body) = http(
+        &app,
+        "/v1/cancel-upgrade",
+        Some(json!({})),
+        HeaderMap::new(),
+    )
+    .await;
+    assert_eq!(status, 404, "never a 200 a caller could take for success");
+    assert_eq!(body["code"], Code::NotFound as i32, "{body}");
+    assert_eq!(http_summary(&body).1, "UNKNOWN_ROUTE");
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/wecom.kf.v1.Nope/Nothing");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let status = grpc
+        .unary(tonic::Request::new(()), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_post_that_is_not_json_is_refused_and_reaches_no_wecom() {
+    let app = spawn_app().await;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/upgrade-service", app.grpc_addr))
+        .header("content-type", "text/plain")
+        .body(member_json("zhangsan").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(http_summary(&body).1, "UNSUPPORTED_CONTENT_TYPE", "{body}");
+    assert!(app.sandbox.requests().is_empty());
+}
+
+// tonic answers a passed grpc-timeout itself, as gRPC; the gateway must answer an
+// HTTP caller first, as HTTP, however slowly its body arrives.
+#[tokio::test]
+async fn a_body_slower_than_the_callers_deadline_is_deadline_exceeded_as_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app().await;
+    let body = member_json("zhangsan").to_string();
+    let mut socket = tokio::net::TcpStream::connect(app.grpc_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/upgrade-service HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         grpc-timeout: 300m\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let _ = socket.write_all(body.as_bytes()).await;
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    let json = &answer[answer.find('{').unwrap_or(0)..];
+    let body: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(http_summary(&body).1, "DEADLINE_EXCEEDED", "{body}");
+    assert!(app.sandbox.requests().is_empty());
+}
