@@ -18,8 +18,9 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
-    config::{Settings, is_cleartext_remote, redacted},
+    config::{Settings, is_cleartext_remote},
     grpc::{self, CustomerUpgradeServiceServer, UpgradeGateway, pb},
+    telemetry::redacted,
     wecom::Apps,
 };
 

@@ -3,10 +3,11 @@
 //! [`subscriber`] builds the subscriber for any writer, so tests can send the
 //! gateway's output to a sink; [`init`] installs it for the process, on stderr.
 
-use std::{error::Error, fmt, io::IsTerminal};
+use std::{borrow::Cow, error::Error, fmt, io::IsTerminal};
 
 use tracing::Subscriber;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use url::Url;
 
 /// The filter used when `RUST_LOG` is unset: our events at info, the HTTP/2
 /// machinery only when it warns.
@@ -65,6 +66,18 @@ pub fn init() {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let subscriber = subscriber(filter, LogFormat::from_env(), std::io::stderr);
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// The URL with any password shown as `****`, for output of every kind: logs,
+/// errors, `Debug`, `check-config`.
+pub fn redacted(url: &Url) -> Cow<'_, Url> {
+    if url.password().is_none() {
+        return Cow::Borrowed(url);
+    }
+    let mut shown = url.clone();
+    // Only fails for URLs that cannot have a password, and this one has one.
+    let _ = shown.set_password(Some("****"));
+    Cow::Owned(shown)
 }
 
 /// Displays an error with its causes, `outer: inner: innermost`, for one log field.

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ConfigError, ServerSettings, Settings, TokenSettings, UpstreamSettings,
-    validate::{is_cleartext_remote, redacted},
+    validate::is_cleartext_remote,
 };
+use crate::telemetry::redacted;
 
 /// The file as written. Every key is optional; unknown keys are refused.
 #[derive(Debug, Default, Deserialize)]

@@ -26,9 +26,12 @@ use url::Url;
 
 pub use env::{Environment, ProcessEnv};
 pub use load::SandboxApp;
-pub use validate::{is_cleartext_remote, redacted};
+pub use validate::is_cleartext_remote;
 
-use crate::wecom::{AdapterSettings, AppSpec, HttpSettings, Retry, TokenPolicy};
+use crate::{
+    telemetry::redacted,
+    wecom::{AdapterSettings, AppSpec, HttpSettings, Retry, TokenPolicy},
+};
 
 /// WeCom's production API base.
 pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
@@ -63,7 +66,7 @@ pub struct AppSettings {
     /// adapter's `gettoken` call exposes it.
     pub secret: SecretString,
     /// Where WeCom is; loopback for the sandbox and tests. Its password, if any,
-    /// is shown only as `****` ([`redacted`]).
+    /// is shown only as `****` ([`redacted`](crate::telemetry::redacted)).
     pub api_base: Url,
 }
 

@@ -1,6 +1,6 @@
 //! What a valid configuration is: app names, API bases, and the bounds of every knob.
 
-use std::{borrow::Cow, time::Duration};
+use std::time::Duration;
 
 use url::{Host, Url};
 
@@ -56,17 +56,6 @@ pub fn is_cleartext_remote(url: &Url) -> bool {
         None => true,
     };
     url.scheme() == "http" && !local
-}
-
-/// The URL with any password shown as `****`, for output of every kind.
-pub fn redacted(url: &Url) -> Cow<'_, Url> {
-    if url.password().is_none() {
-        return Cow::Borrowed(url);
-    }
-    let mut shown = url.clone();
-    // Only fails for URLs that cannot have a password, and this one has one.
-    let _ = shown.set_password(Some("****"));
-    Cow::Owned(shown)
 }
 
 /// Longest duration any knob accepts: an hour in milliseconds, a day in seconds.

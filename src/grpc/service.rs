@@ -33,12 +33,21 @@ impl UpgradeGateway {
     fn app(&self, call: &Call) -> Result<&AppClient, CallError> {
         let name = call.requested_app()?.unwrap_or(self.apps.default_app());
         let app = self.apps.get(name).ok_or_else(|| CallError::UnknownApp {
-            // Echoed to the caller and the log: bounded, whatever the caller sent.
-            requested: name.chars().take(64).collect(),
+            requested: bounded(name).to_owned(),
             configured: self.apps.names().map(str::to_owned).collect(),
         })?;
         call.span.record("wecom.app", app.name());
         Ok(app)
+    }
+
+    /// The app an audit event names: the one the call asked for, configured or
+    /// not, or the default; `-` when the metadata could not be read.
+    fn audited_app<'a>(&'a self, call: &'a Call) -> &'a str {
+        match call.requested_app() {
+            Ok(Some(name)) => bounded(name),
+            Ok(None) => self.apps.default_app(),
+            Err(_) => "-",
+        }
     }
 
     pub(super) async fn get_config(
@@ -58,11 +67,14 @@ impl UpgradeGateway {
         message: pb::UpgradeServiceRequest,
     ) -> Result<pb::UpgradeServiceResponse, Failure> {
         let upgrade = Upgrade::try_from(message).map_err(CallError::InvalidRequest)?;
-        let app = self.app(call)?;
-        let outcome = call
-            .within(self.call_timeout, app.upgrade_service(&upgrade))
-            .await;
-        let target = Some(&upgrade.target);
+        let outcome = match self.app(call) {
+            Ok(app) => {
+                let work = app.upgrade_service(&upgrade);
+                call.within(self.call_timeout, work).await
+            }
+            Err(refused) => Err(refused.into()),
+        };
+        let (app, target) = (self.audited_app(call), Some(&upgrade.target));
         audit(call, app, "upgrade", &upgrade.customer, target, &outcome);
         outcome.map(|()| pb::UpgradeServiceResponse {})
     }
@@ -73,20 +85,37 @@ impl UpgradeGateway {
         message: pb::CancelUpgradeRequest,
     ) -> Result<pb::CancelUpgradeResponse, Failure> {
         let customer = Customer::try_from(message).map_err(CallError::InvalidRequest)?;
-        let app = self.app(call)?;
-        let outcome = call
-            .within(self.call_timeout, app.cancel_upgrade(&customer))
-            .await;
-        audit(call, app, "cancel", &customer, None, &outcome);
+        let outcome = match self.app(call) {
+            Ok(app) => {
+                let work = app.cancel_upgrade(&customer);
+                call.within(self.call_timeout, work).await
+            }
+            Err(refused) => Err(refused.into()),
+        };
+        audit(
+            call,
+            self.audited_app(call),
+            "cancel",
+            &customer,
+            None,
+            &outcome,
+        );
         outcome.map(|()| pb::CancelUpgradeResponse {})
     }
 }
 
-/// One audit event per valid upgrade or cancel, whatever its outcome: a
-/// timed-out call may still have taken effect at WeCom.
+/// What the gateway echoes of a name a caller sent: at most 64 characters.
+fn bounded(name: &str) -> &str {
+    name.char_indices()
+        .nth(64)
+        .map_or(name, |(end, _)| &name[..end])
+}
+
+/// One audit event per valid upgrade or cancel, whatever its outcome (an unknown
+/// app included): a timed-out call may still have taken effect at WeCom.
 fn audit(
     call: &Call,
-    app: &AppClient,
+    app: &str,
     action: &'static str,
     customer: &Customer,
     target: Option<&UpgradeTarget>,
@@ -102,7 +131,7 @@ fn audit(
         target: "audit",
         action,
         peer,
-        app = app.name(),
+        app,
         open_kfid = %customer.open_kfid,
         external_userid = %customer.external_userid,
         recommended = target.map(ToString::to_string),

@@ -1,6 +1,6 @@
 //! The three 升级服务 calls for one app, and the registry of apps.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
@@ -11,10 +11,12 @@ use super::{
     api::{self, CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
     transport::{Call, Transport},
 };
-use crate::domain::{Customer, Upgrade, UpgradeConfig};
+use crate::{
+    domain::{Customer, Upgrade, UpgradeConfig},
+    telemetry::redacted,
+};
 
 /// One WeCom app, as the adapter needs to know it.
-#[derive(Debug)]
 pub struct AppSpec {
     /// The name callers pick it by.
     pub name: String,
@@ -24,6 +26,17 @@ pub struct AppSpec {
     pub secret: SecretString,
     /// Where WeCom is.
     pub api_base: Url,
+}
+
+impl fmt::Debug for AppSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSpec")
+            .field("name", &self.name)
+            .field("corp_id", &self.corp_id)
+            .field("secret", &"****")
+            .field("api_base", &redacted(&self.api_base).as_str())
+            .finish()
+    }
 }
 
 /// How the adapter talks to WeCom, for every app.
@@ -165,5 +178,50 @@ impl Apps {
     /// The names of every configured app, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.apps.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_output_shows_no_secret_and_no_url_password() {
+        let second = Duration::from_secs(1);
+        let settings = AdapterSettings {
+            http: HttpSettings {
+                connect_timeout: second,
+                request_timeout: second,
+                max_body_bytes: 1024,
+            },
+            retry: Retry {
+                max_retries: 0,
+                backoff: second,
+            },
+            tokens: TokenPolicy {
+                refresh_ahead: second,
+                expiry_margin: second,
+                credential_cooldown: second,
+                failure_backoff: second,
+                failure_backoff_max: second,
+            },
+        };
+        let spec = || AppSpec {
+            name: "shop".to_owned(),
+            corp_id: "ww1".to_owned(),
+            secret: SecretString::from("CORP-SECRET".to_owned()),
+            api_base: "https://user:URL-PASSWORD@proxy.example/wecom"
+                .parse()
+                .unwrap(),
+        };
+        let shown = format!("{:?}", spec());
+        let apps = Apps::new(&settings, [spec()], "shop".to_owned()).unwrap();
+        let shown = format!("{shown} {apps:?}");
+        assert!(shown.contains("user:****@proxy.example"), "{shown}");
+        for secret in ["CORP-SECRET", "URL-PASSWORD"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 }

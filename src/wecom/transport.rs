@@ -1,12 +1,13 @@
 //! One HTTP exchange with WeCom, bounded in time and in body size. It returns the
 //! status and the bytes; what they mean is [`super::api`]'s business.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use tracing::Instrument;
 use url::Url;
 
 use super::{Endpoint, Error};
+use crate::telemetry::redacted;
 
 /// How the gateway's HTTP client talks to WeCom.
 #[derive(Debug, Clone)]
@@ -20,12 +21,21 @@ pub struct HttpSettings {
 }
 
 /// An HTTP client bound to one WeCom API base.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Transport {
     http: reqwest::Client,
-    /// The base without its trailing slash, so that an endpoint's path follows it.
-    base: String,
+    /// Where WeCom is; its password (a proxy's) is never shown.
+    base: Url,
     max_body_bytes: usize,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("base", &redacted(&self.base).as_str())
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request to send: the query may carry secrets and is never logged.
@@ -59,7 +69,7 @@ impl Transport {
     pub(crate) fn new(http: reqwest::Client, base: &Url, max_body_bytes: usize) -> Self {
         Self {
             http,
-            base: base.as_str().trim_end_matches('/').to_owned(),
+            base: base.clone(),
             max_body_bytes,
         }
     }
@@ -74,7 +84,9 @@ impl Transport {
             http.status = tracing::field::Empty,
         );
         async move {
-            let url = format!("{}{}", self.base, endpoint.path());
+            // The endpoint's path follows the base's own path, if any.
+            let base = self.base.as_str().trim_end_matches('/');
+            let url = format!("{base}{}", endpoint.path());
             let request = match call.body {
                 Some(body) => self
                     .http

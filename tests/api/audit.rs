@@ -181,3 +181,27 @@ async fn an_upgrade_over_http_is_audited_like_one_over_grpc() {
     let peer = event["peer"].as_str().unwrap_or("");
     assert!(peer.starts_with("127.0.0.1:"), "{event}");
 }
+
+// An upgrade refused before WeCom, for its app, is audited too: whoever reads the
+// audit log sees every attempt to move a customer.
+#[tokio::test(flavor = "current_thread")]
+async fn an_upgrade_for_an_unknown_app_is_audited_with_the_app_it_named() {
+    let captured = Captured::default();
+    let _guard = captured.install("audit=info");
+    let mut app = spawn_app().await;
+
+    let status = app
+        .client
+        .upgrade_service(for_app(member_upgrade("zhangsan", ""), "nope"))
+        .await
+        .unwrap_err();
+    assert_status(&status, tonic::Code::InvalidArgument, "UNKNOWN_APP");
+
+    let events = captured.audit_events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(
+        (&events[0]["app"], &events[0]["outcome"]),
+        (&"nope".into(), &"InvalidArgument".into())
+    );
+    assert!(app.sandbox.requests().is_empty());
+}
