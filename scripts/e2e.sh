@@ -437,15 +437,17 @@ api_base = "https://proxy-user:E2E-URL-PASSWORD@proxy.example/wecom"
 [upstream]
 call_timeout_ms = 4321
 TOML
-run_check "check-config output loads back with --config and prints the same settings" 0 "
+run_check "check-config output (references kept, inline secrets as ****) loads back and prints the same" 0 "
 import pathlib
 printed = pathlib.Path('$TMP/printed.toml').read_text()
 assert 'call_timeout_ms = 4321' in printed, printed
 assert 'secret = \"****\"' in printed, printed
 for leak in ('e2e-shop-secret', 'e2e-crm-secret', 'E2E-URL-PASSWORD'):
     assert leak not in printed, leak
+assert 'secret_env = \"CRM_SECRET\"' in printed, 'a reference is kept: ' + printed
 assert text == printed, (text, printed)
-" -- env -i PATH="$PATH" timeout 10 "$BIN" check-config --config "$TMP/printed.toml"
+" -- env -i PATH="$PATH" CRM_SECRET=e2e-crm-secret-must-not-leak timeout 10 "$BIN" check-config \
+    --config "$TMP/printed.toml"
 
 run_check "check-config with a bad key exits 64 (EX_USAGE), names the key once, shows no URL password" 64 '
 assert text.count("WECOM_API_BASE") == 1, text

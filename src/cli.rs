@@ -52,7 +52,7 @@ struct ServeArgs {
     /// Admin HTTP listen address [default: 0.0.0.0:9464, or `admin_listen` in the file].
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Start the embedded WeCom sandbox and point the default app at it, with demo
+    /// Start the embedded WeCom sandbox and point every app at it, with demo
     /// credentials: no WeCom account needed.
     #[arg(long)]
     sandbox: bool,

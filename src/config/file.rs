@@ -1,12 +1,15 @@
 //! The configuration file (TOML), as read and as `check-config` writes it.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigError, ServerSettings, Settings, TokenSettings, UpstreamSettings,
+    ConfigError, SecretOrigin, ServerSettings, Settings, TokenSettings, UpstreamSettings,
     validate::is_cleartext_remote,
 };
 use crate::telemetry::redacted;
@@ -69,12 +72,19 @@ struct Rendered<'a> {
 struct RenderedApp<'a> {
     name: &'a str,
     corp_id: &'a str,
-    /// Never the secret: a placeholder that still loads back.
-    secret: &'static str,
+    /// Never an inline secret: a placeholder that still loads back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'static str>,
+    /// References are not secrets: they are kept, so the file works as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_env: Option<&'a str>,
     api_base: String,
 }
 
-/// The settings as a file that loads back, secrets and URL passwords as `****`.
+/// The settings as a file that loads back: secret references as they were, inline
+/// secrets and URL passwords as `****`.
 /// Warnings come first, as comments, so they stay with a saved copy.
 pub(super) fn render(settings: &Settings) -> String {
     let mut out = String::new();
@@ -93,11 +103,20 @@ pub(super) fn render(settings: &Settings) -> String {
         apps: settings
             .apps
             .iter()
-            .map(|(name, app)| RenderedApp {
-                name,
-                corp_id: &app.corp_id,
-                secret: "****",
-                api_base: redacted(&app.api_base).to_string(),
+            .map(|(name, app)| {
+                let (secret, secret_file, secret_env) = match &app.secret_origin {
+                    SecretOrigin::Inline => (Some("****"), None, None),
+                    SecretOrigin::File(path) => (None, Some(path.as_path()), None),
+                    SecretOrigin::Env(var) => (None, None, Some(var.as_str())),
+                };
+                RenderedApp {
+                    name,
+                    corp_id: &app.corp_id,
+                    secret,
+                    secret_file,
+                    secret_env,
+                    api_base: redacted(&app.api_base).to_string(),
+                }
             })
             .collect(),
         upstream: &settings.upstream,

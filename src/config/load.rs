@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::{
-    AppSettings, ConfigError, DEFAULT_API_BASE, DEFAULT_APP_NAME, Settings,
+    AppSettings, ConfigError, DEFAULT_API_BASE, DEFAULT_APP_NAME, SecretOrigin, Settings,
     env::{self, Environment},
     file::{self, FileApp, FileSettings},
     validate,
@@ -193,7 +193,7 @@ impl Plan {
         let mut apps = BTreeMap::new();
         for (name, plan) in self.apps {
             let corp_id = plan.corp_id?;
-            let secret = plan.secret?.read(env)?;
+            let (secret, secret_origin) = plan.secret?.read(env)?;
             let api_base = match plan.api_base {
                 Some(base) => base?,
                 None => self.api_base.clone()?,
@@ -201,6 +201,7 @@ impl Plan {
             let app = AppSettings {
                 corp_id,
                 secret,
+                secret_origin,
                 api_base,
             };
             apps.insert(name, app);
@@ -302,8 +303,14 @@ fn env_secret(env: &dyn Environment) -> Option<Given<SecretSpec>> {
 // === impl SecretSpec ===
 
 impl SecretSpec {
-    /// The secret itself: the one place where secret files and variables are read.
-    fn read(self, env: &dyn Environment) -> Result<SecretString, ConfigError> {
+    /// The secret itself, and where it came from: the one place where secret files
+    /// and variables are read.
+    fn read(self, env: &dyn Environment) -> Result<(SecretString, SecretOrigin), ConfigError> {
+        let origin = match &self.source {
+            SecretRef::Inline(_) => SecretOrigin::Inline,
+            SecretRef::File(path) => SecretOrigin::File(path.clone()),
+            SecretRef::Env(var) => SecretOrigin::Env(var.clone()),
+        };
         let secret = match self.source {
             SecretRef::Inline(secret) => secret,
             SecretRef::File(path) => {
@@ -327,7 +334,7 @@ impl SecretSpec {
         if secret.expose_secret().trim().is_empty() {
             return Err(ConfigError::new(&self.key, "must not be empty"));
         }
-        Ok(secret)
+        Ok((secret, origin))
     }
 }
 
@@ -669,10 +676,15 @@ mod tests {
         "#;
         let first = from_toml(text, &[("SUPPORT_SECRET", "from-env")]).unwrap();
         let printed = first.to_toml();
-        let second = from_toml(&printed, &[]).unwrap();
+        let second = from_toml(&printed, &[("SUPPORT_SECRET", "from-env")]).unwrap();
         assert_eq!(second.to_toml(), printed, "printing is stable");
         assert_eq!(format!("{second:?}"), format!("{first:?}"), "{printed}");
         assert_eq!(second.apps["sales"].secret.expose_secret(), "****");
+        assert!(
+            printed.contains("secret_env = \"SUPPORT_SECRET\""),
+            "{printed}"
+        );
+        assert_eq!(second.apps["support"].secret.expose_secret(), "from-env");
         assert_eq!(second.apps["support"].api_base.password(), Some("****"));
     }
 

@@ -18,7 +18,13 @@ mod load;
 mod units;
 mod validate;
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -65,9 +71,22 @@ pub struct AppSettings {
     /// The app's `corpsecret`, read from wherever the configuration pointed. Only the
     /// adapter's `gettoken` call exposes it.
     pub secret: SecretString,
+    /// Where the secret was read from, which `check-config` prints instead of it.
+    pub secret_origin: SecretOrigin,
     /// Where WeCom is; loopback for the sandbox and tests. Its password, if any,
     /// is shown only as `****` ([`redacted`](crate::telemetry::redacted)).
     pub api_base: Url,
+}
+
+/// Where an app's secret came from: not a secret itself, so it can be shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretOrigin {
+    /// Written in the configuration (`secret`, or `WECOM_CORP_SECRET`).
+    Inline,
+    /// Read from this file (`secret_file`, or `WECOM_CORP_SECRET_FILE`).
+    File(PathBuf),
+    /// Read from this environment variable (`secret_env`).
+    Env(String),
 }
 
 impl fmt::Debug for AppSettings {
@@ -75,6 +94,7 @@ impl fmt::Debug for AppSettings {
         f.debug_struct("AppSettings")
             .field("corp_id", &self.corp_id)
             .field("secret", &"****")
+            .field("secret_origin", &self.secret_origin)
             .field("api_base", &redacted(&self.api_base).to_string())
             .finish()
     }
@@ -219,8 +239,9 @@ impl Settings {
         load::load(file, env, Some(sandbox))
     }
 
-    /// The configuration as a TOML file that loads back with `--config`, secrets
-    /// as `"****"` and URL passwords likewise (`check-config`).
+    /// The configuration as a TOML file that loads back with `--config`: secrets
+    /// read from a file or a variable by that reference, inline ones as `"****"`,
+    /// URL passwords as `****` (`check-config`).
     pub fn to_toml(&self) -> String {
         file::render(self)
     }

@@ -17,5 +17,6 @@ mod transport;
 pub use client::{AdapterSettings, AppClient, AppSpec, Apps};
 pub use error::{Endpoint, Error, TransportCause, TransportKind};
 pub use retry::Retry;
-pub use token::{AccessToken, GetToken, IssuedToken, TokenCache, TokenPolicy, TokenSource};
+pub(crate) use token::GetToken;
+pub use token::{AccessToken, IssuedToken, TokenCache, TokenPolicy, TokenSource};
 pub use transport::HttpSettings;

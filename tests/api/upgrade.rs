@@ -2,7 +2,12 @@
 
 use serde_json::json;
 use tonic::Code;
-use wecom_kf_upgrade::{config::AppSettings, grpc::pb, sandbox::DEMO_CORP_ID, wecom::Endpoint};
+use wecom_kf_upgrade::{
+    config::{AppSettings, SecretOrigin},
+    grpc::pb,
+    sandbox::DEMO_CORP_ID,
+    wecom::Endpoint,
+};
 
 use crate::helpers::*;
 
@@ -182,6 +187,7 @@ async fn x_wecom_app_picks_the_configured_app() {
             AppSettings {
                 corp_id: DEMO_CORP_ID.to_owned(),
                 secret: "wrong-secret".to_owned().into(),
+                secret_origin: SecretOrigin::Inline,
                 api_base: base,
             },
         );

@@ -70,10 +70,11 @@ struct Shared {
 #[derive(Default)]
 struct Slot {
     current: Option<Cached>,
-    /// The newest fetch failed and no token is valid: callers get this error,
-    /// without a new fetch, until `until`.
+    /// The newest fetch failed. Until `until`, a caller without a valid token gets
+    /// this error without a new fetch; a caller that waited for that fetch gets it
+    /// whatever the time: it queued behind the fetch and shares its outcome.
     failed: Option<Held>,
-    /// A caller asked the refresher for a fetch whose outcome is not published yet.
+    /// A fetch was asked for and its outcome is not published yet.
     requested: bool,
 }
 
@@ -90,49 +91,63 @@ struct Held {
     until: Instant,
 }
 
-/// What a caller gets from the slot right now.
-enum Answer {
-    Ready(Result<AccessToken, Error>),
-    /// Wait for the refresher's next publication.
+/// Where a caller stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// It has not waited yet.
+    Arriving,
+    /// It waited for a publication, which has come.
+    AfterPublication,
+}
+
+/// What a caller does after reading the slot.
+enum Next {
+    /// Take this answer.
+    Take(Result<AccessToken, Error>),
+    /// Take this token, and wake the refresher for the background refresh asked for.
+    TakeAndWake(AccessToken),
+    /// Wake the refresher for the fetch this caller asked for, then wait for it.
+    WakeAndWait,
+    /// Wait for the fetch someone else asked for.
     Wait,
 }
 
 // === impl Slot ===
 
 impl Slot {
-    /// A valid token other than `refused`, if there is one.
-    fn fresh(&self, now: Instant, refused: Option<&AccessToken>) -> Option<&Cached> {
+    /// A valid token other than `avoid`, if there is one.
+    fn fresh(&self, now: Instant, avoid: Option<&AccessToken>) -> Option<&Cached> {
         self.current
             .as_ref()
-            .filter(|c| now < c.expires_at && Some(&c.token) != refused)
+            .filter(|c| now < c.expires_at && Some(&c.token) != avoid)
     }
 
-    /// Answers a caller, asking for a fetch when one is needed and none is asked
-    /// for yet; returns whether this caller asked (and must wake the refresher). A
-    /// caller that already `waited` for a publication takes a failure as its answer
-    /// even when its hold is over: it queued behind that fetch and shares its outcome.
-    fn answer(
-        &mut self,
-        now: Instant,
-        refused: Option<&AccessToken>,
-        waited: bool,
-    ) -> (Answer, bool) {
-        if let Some(cached) = self.fresh(now, refused) {
+    /// Decides for a caller, asking for a fetch when one is needed and none is
+    /// asked for yet.
+    fn next(&mut self, now: Instant, avoid: Option<&AccessToken>, turn: Turn) -> Next {
+        if turn == Turn::AfterPublication
+            && let Some(held) = &self.failed
+        {
+            return Next::Take(Err(held.error.clone()));
+        }
+        if let Some(cached) = self.fresh(now, avoid) {
             let token = cached.token.clone();
-            let due = now >= cached.refresh_at;
-            return (Answer::Ready(Ok(token)), due && self.request());
+            if now >= cached.refresh_at && !self.requested {
+                self.requested = true;
+                return Next::TakeAndWake(token);
+            }
+            return Next::Take(Ok(token));
         }
         if let Some(held) = &self.failed
-            && (waited || now < held.until)
+            && now < held.until
         {
-            return (Answer::Ready(Err(held.error.clone())), false);
+            return Next::Take(Err(held.error.clone()));
         }
-        (Answer::Wait, self.request())
-    }
-
-    /// Marks a fetch as asked for; true if it was not already.
-    fn request(&mut self) -> bool {
-        !std::mem::replace(&mut self.requested, true)
+        if std::mem::replace(&mut self.requested, true) {
+            Next::Wait
+        } else {
+            Next::WakeAndWait
+        }
     }
 }
 
@@ -200,7 +215,7 @@ impl TokenCache {
     /// Drops the published token if it is still `failed`: WeCom refused it. A
     /// token that was already replaced stays, so concurrent failures cause one
     /// refresh. Returns whether the token was dropped.
-    pub fn invalidate(&self, failed: &AccessToken) -> bool {
+    pub(crate) fn invalidate(&self, failed: &AccessToken) -> bool {
         let mut dropped = false;
         // Silent: nobody waits for a token to disappear, only for one to arrive.
         self.shared.slot.send_if_modified(|slot| {
@@ -233,45 +248,50 @@ impl TokenCache {
         }
         let mut published = self.shared.slot.subscribe();
         let mut avoid = refused;
-        let mut waited = false;
+        let mut turn = Turn::Arriving;
         loop {
-            let mut asked = false;
-            let mut answer = Answer::Wait;
+            let mut next = Next::Wait;
             self.shared.slot.send_if_modified(|slot| {
-                (answer, asked) = slot.answer(Instant::now(), avoid, waited);
+                // Under the channel's lock, where versions change: any publication
+                // after this read wakes the wait below.
+                published.mark_unchanged();
+                next = slot.next(Instant::now(), avoid, turn);
                 false
             });
-            if asked {
-                self.shared.wake.notify_one();
-            }
-            if let Answer::Ready(result) = answer {
-                return result;
-            }
-            // The refresher lives as long as `self`, and with it the sender.
+            let asked = match next {
+                Next::Take(result) => return result,
+                Next::TakeAndWake(token) => {
+                    self.shared.wake.notify_one();
+                    return Ok(token);
+                }
+                Next::WakeAndWait => {
+                    self.shared.wake.notify_one();
+                    true
+                }
+                Next::Wait => false,
+            };
+            // `self` holds the sender, so the channel cannot close under us; an
+            // error all the same rather than a loop or a panic.
             if published.changed().await.is_err() {
-                return Err(stopped());
+                return Err(unfinished("the token cache was closed"));
             }
-            waited = true;
+            turn = Turn::AfterPublication;
             if asked {
-                // The fetch this caller asked for, started after the refusal: its
-                // token is the answer even if WeCom handed out the refused one again.
-                // A fetch that was already under way could still bring back the
-                // refused token; then this caller asks for one of its own.
+                // No fetch was under way when this caller asked, so the publication
+                // is its own fetch, started after the refusal: its token is the
+                // answer even if WeCom handed out the refused one again.
                 avoid = None;
             }
         }
     }
 }
 
-/// The error for a fetch that never finished: the runtime is shutting down, or a
-/// token source broke its promise not to panic.
-fn stopped() -> Error {
+/// The error for a fetch that did not finish.
+fn unfinished(why: &'static str) -> Error {
     Error::Transport {
         endpoint: Endpoint::GetToken,
         kind: TransportKind::Other,
-        cause: Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
-            "the token fetch did not finish",
-        )),
+        cause: Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(why)),
     }
 }
 
@@ -294,7 +314,9 @@ impl Refresher {
             self.shared.wake.notified().await;
             let fetch = tokio::spawn(fetch(Arc::clone(&self.source), self.retry));
             // A panicking source fails this fetch, not the refresher.
-            let result = fetch.await.unwrap_or_else(|_| Err(stopped()));
+            let result = fetch
+                .await
+                .unwrap_or_else(|_| Err(unfinished("the token source panicked")));
             self.publish(result);
         }
     }
@@ -327,18 +349,14 @@ impl Refresher {
                 let mut kept = false;
                 self.shared.slot.send_modify(|slot| {
                     slot.requested = false;
-                    match slot.current.as_mut().filter(|c| now < c.expires_at) {
-                        // A background refresh failed: keep serving the valid token, try later.
-                        Some(current) => {
-                            current.refresh_at = now + wait;
-                            kept = true;
-                        }
-                        None => {
-                            slot.failed = Some(Held {
-                                error: error.clone(),
-                                until: now + wait,
-                            })
-                        }
+                    slot.failed = Some(Held {
+                        error: error.clone(),
+                        until: now + wait,
+                    });
+                    // A background refresh failed: keep serving the valid token, try later.
+                    if let Some(current) = slot.current.as_mut().filter(|c| now < c.expires_at) {
+                        current.refresh_at = now + wait;
+                        kept = true;
                     }
                 });
                 tracing::warn!(
@@ -720,6 +738,68 @@ mod tests {
         // A late refusal of the first token takes the second as it is.
         assert_eq!(cache.replace(&first).await.unwrap(), second);
         assert_eq!(source.calls(), 2);
+    }
+
+    /// Always the same token, each fetch taking 50 ms; panics on the fetches listed.
+    #[derive(Debug, Default)]
+    struct Same {
+        calls: AtomicUsize,
+        panic_on: Vec<usize>,
+    }
+
+    #[async_trait]
+    impl TokenSource for Same {
+        async fn fetch(&self) -> Result<IssuedToken, Error> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!self.panic_on.contains(&n), "scripted panic");
+            Ok(IssuedToken {
+                token: AccessToken::new("same"),
+                expires_in: HOUR,
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_already_under_way_cannot_hand_back_the_refused_token() {
+        let source = Arc::new(Same::default());
+        let cache = Arc::new(TokenCache::new("test", source.clone(), policy(), RETRY));
+        let refused = cache.get().await.unwrap();
+        tokio::time::advance(Duration::from_secs(3600 - 30 - 299)).await;
+        cache.get().await.unwrap(); // starts a background refresh
+        // Refused while that refresh, which will bring back the same token, runs: the
+        // caller does not take its outcome but asks for a fetch of its own.
+        let again = cache.replace(&refused).await.unwrap();
+        assert_eq!(again, refused, "what its own fetch brought is used");
+        assert_eq!(source.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_source_fails_one_fetch_and_the_next_one_succeeds() {
+        let source = Arc::new(Same {
+            panic_on: vec![1],
+            ..Same::default()
+        });
+        let cache = Arc::new(TokenCache::new("test", source.clone(), policy(), RETRY));
+        let error = cache.get().await.unwrap_err();
+        assert!(matches!(error, Error::Transport { .. }), "{error:?}");
+        tokio::time::advance(Duration::from_millis(600)).await; // past the first hold
+        assert_eq!(cache.get().await.unwrap().expose(), "same");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_cache_stops_its_refresher() {
+        let source = Arc::new(Same::default());
+        let cache = TokenCache::new("test", source.clone(), policy(), RETRY);
+        cache.get().await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&source),
+            2,
+            "the refresher holds the source"
+        );
+        drop(cache);
+        tokio::task::yield_now().await;
+        assert_eq!(Arc::strong_count(&source), 1);
     }
 
     #[tokio::test(start_paused = true)]

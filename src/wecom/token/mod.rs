@@ -5,4 +5,5 @@ mod cache;
 mod source;
 
 pub use cache::{TokenCache, TokenPolicy};
-pub use source::{AccessToken, GetToken, IssuedToken, TokenSource};
+pub(crate) use source::GetToken;
+pub use source::{AccessToken, IssuedToken, TokenSource};

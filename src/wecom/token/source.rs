@@ -46,6 +46,8 @@ pub struct IssuedToken {
 /// Where access tokens come from: `gettoken` for self-built and 代开发 apps; a
 /// third-party suite's `get_corp_token` or an external token service would plug in
 /// here. Only an app's [`TokenCache`](super::TokenCache) calls it, one fetch at a time.
+/// It must not panic; if it does, that fetch fails like a broken connection
+/// (`UPSTREAM_CONNECTION_FAILED`) and is held off like any transient failure.
 #[async_trait]
 pub trait TokenSource: Send + Sync + fmt::Debug {
     /// Fetches a new token.
@@ -53,7 +55,7 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
 }
 
 /// `GET /cgi-bin/gettoken?corpid=…&corpsecret=…`.
-pub struct GetToken {
+pub(crate) struct GetToken {
     corp_id: String,
     secret: SecretString,
     transport: Transport,
