@@ -63,7 +63,8 @@ struct Plan {
     default_app: String,
     /// The API base of every app that sets none.
     api_base: Given<Url>,
-    apps: BTreeMap<String, AppPlan>,
+    /// In the file's order, so that errors are reported in it.
+    apps: Vec<(String, AppPlan)>,
     file: FileSettings,
 }
 
@@ -95,25 +96,22 @@ fn read(path: Option<&Path>) -> Result<FileSettings, ConfigError> {
 impl Plan {
     /// The file's apps, with their names checked (names are never replaced).
     fn from_file(mut file: FileSettings) -> Result<Self, ConfigError> {
-        let mut apps = BTreeMap::new();
+        let mut apps: Vec<(String, AppPlan)> = Vec::new();
         for (i, app) in std::mem::take(&mut file.apps).into_iter().enumerate() {
             let name_key = format!("apps[{i}].name");
             validate::app_name(&app.name).map_err(|p| ConfigError::new(&name_key, p))?;
-            let name = app.name.clone();
-            if apps
-                .insert(name.clone(), AppPlan::from_file(app, i))
-                .is_some()
-            {
+            if apps.iter().any(|(name, _)| *name == app.name) {
                 return Err(ConfigError::new(
                     name_key,
-                    format!("`{name}` names two apps; app names must be unique"),
+                    format!("`{}` names two apps; app names must be unique", app.name),
                 ));
             }
+            apps.push((app.name.clone(), AppPlan::from_file(app, i)));
         }
         let default_app = file.default_app.clone().unwrap_or_else(|| {
             // One app in the file: it is the default whatever its name.
-            match apps.keys().next() {
-                Some(only) if apps.len() == 1 => only.clone(),
+            match apps.as_slice() {
+                [(only, _)] => only.clone(),
                 _ => DEFAULT_APP_NAME.to_owned(),
             }
         });
@@ -142,24 +140,21 @@ impl Plan {
         if corp_id.is_none() && secret.is_none() {
             return;
         }
-        let app = self
-            .apps
-            .entry(self.default_app.clone())
-            .or_insert(AppPlan {
-                corp_id: Err(ConfigError::new(
-                    env::CORP_ID,
-                    "is required when a secret is set",
-                )),
-                secret: Err(ConfigError::new(
-                    env::CORP_SECRET,
-                    format!(
-                        "is required (or {}) when {} is set",
-                        env::CORP_SECRET_FILE,
-                        env::CORP_ID
-                    ),
-                )),
-                api_base: None,
-            });
+        let app = self.default_app_or(|| AppPlan {
+            corp_id: Err(ConfigError::new(
+                env::CORP_ID,
+                "is required when a secret is set",
+            )),
+            secret: Err(ConfigError::new(
+                env::CORP_SECRET,
+                format!(
+                    "is required (or {}) when {} is set",
+                    env::CORP_SECRET_FILE,
+                    env::CORP_ID
+                ),
+            )),
+            api_base: None,
+        });
         if let Some(corp_id) = corp_id {
             app.corp_id = Ok(corp_id);
         }
@@ -179,21 +174,35 @@ impl Plan {
             }),
             api_base: Some(api_base.clone()),
         };
-        for app in self.apps.values_mut() {
+        for (_, app) in &mut self.apps {
             *app = demo();
         }
-        self.apps
-            .entry(self.default_app.clone())
-            .or_insert_with(demo);
+        self.default_app_or(demo);
         self.api_base = api_base;
+    }
+
+    /// The default app's plan, added from `new` if the file has none.
+    fn default_app_or(&mut self, new: impl FnOnce() -> AppPlan) -> &mut AppPlan {
+        let index = match self
+            .apps
+            .iter()
+            .position(|(name, _)| *name == self.default_app)
+        {
+            Some(index) => index,
+            None => {
+                self.apps.push((self.default_app.clone(), new()));
+                self.apps.len() - 1
+            }
+        };
+        &mut self.apps[index].1
     }
 
     /// Reads the secrets and checks what is left.
     fn resolve(self, env: &dyn Environment) -> Result<Settings, ConfigError> {
         let mut apps = BTreeMap::new();
         for (name, plan) in self.apps {
-            let corp_id = plan.corp_id?;
             let (secret, secret_origin) = plan.secret?.read(env)?;
+            let corp_id = plan.corp_id?;
             let api_base = match plan.api_base {
                 Some(base) => base?,
                 None => self.api_base.clone()?,
@@ -515,6 +524,13 @@ mod tests {
         let text =
             "default_app = \"x\"\n[[apps]]\nname = \"a\"\ncorp_id = \"ww\"\nsecret = \"s\"\n";
         assert_eq!(key_of(text, &[]), "default_app");
+    }
+
+    #[test]
+    fn errors_follow_the_files_order() {
+        let text = "[[apps]]\nname = \"zz\"\ncorp_id = \"ww\"\n\
+                    [[apps]]\nname = \"aa\"\ncorp_id = \"ww\"\n";
+        assert_eq!(key_of(text, &[]), "apps[0].secret");
     }
 
     #[test]
