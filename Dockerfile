@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The gateway's container image: a Rust build stage, then a minimal runtime.
 #
 #   docker build -t wecom-kf-upgrade .          # or: podman build --format docker ...

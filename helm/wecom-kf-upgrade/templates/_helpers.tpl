@@ -104,6 +104,9 @@ would refuse them at start, later and further from the cause.
 {{- if hasKey $seen $app.name }}
 {{- fail (printf "wecom.apps[%d].name: %s names two apps; app names must be unique" $i $app.name) }}
 {{- end }}
+{{- if and $w.corpId (eq $app.name "default") }}
+{{- fail (printf "wecom.apps[%d].name: default is the app of wecom.corpId; name this app otherwise" $i) }}
+{{- end }}
 {{- $_ := set $seen $app.name true }}
 {{- if and $app.secret $w.existingSecret }}
 {{- fail (printf "wecom.apps[%d].secret: leave it out with wecom.existingSecret (key %s of that Secret holds it)" $i $app.name) }}
@@ -112,6 +115,27 @@ would refuse them at start, later and further from the cause.
 {{- fail (printf "wecom.apps[%d].secret: is required (or set wecom.existingSecret with a key %s)" $i $app.name) }}
 {{- end }}
 {{- end }}
+{{- if and $w.corpId $w.defaultApp (ne $w.defaultApp "default") }}
+{{- fail "wecom.defaultApp: with wecom.corpId the default app is that app, named default; leave defaultApp empty" }}
+{{- end }}
+{{- if not .Values.sandbox.enabled }}
+{{- $names := list }}
+{{- range $w.apps }}{{ $names = append $names .name }}{{ end }}
+{{- if $w.corpId }}{{ $names = append $names "default" }}{{ end }}
+{{- $default := include "wecom-kf-upgrade.defaultApp" . | default (ternary (first $names) "default" (eq (len $names) 1)) }}
+{{- if and $names (not (has $default $names)) }}
+{{- fail (printf "wecom.defaultApp: %s is not one of the apps (%s); name one of them, or set wecom.corpId for an app called default" $default (join ", " $names)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The gateway's default_app: as set; with corpId, the corpId app ("default"), which the
+gateway creates from WECOM_CORP_ID (otherwise the environment would take over the only
+app of the file); empty leaves the gateway's own rule.
+*/}}
+{{- define "wecom-kf-upgrade.defaultApp" -}}
+{{- if .Values.wecom.defaultApp }}{{ .Values.wecom.defaultApp }}{{ else if .Values.wecom.corpId }}default{{ end }}
 {{- end }}
 
 {{/* A listen address: config.listenAddress and a port (list $ PORT); IPv6 in brackets. */}}
@@ -127,7 +151,7 @@ would refuse them at start, later and further from the cause.
 # Rendered by the wecom-kf-upgrade chart from its values (see the chart's README).
 listen = {{ include "wecom-kf-upgrade.listenAddress" (list . .Values.ports.grpc) | toJson }}
 admin_listen = {{ include "wecom-kf-upgrade.listenAddress" (list . .Values.ports.admin) | toJson }}
-{{- with .Values.wecom.defaultApp }}
+{{- with include "wecom-kf-upgrade.defaultApp" . }}
 default_app = {{ toJson . }}
 {{- end }}
 {{- with .Values.wecom.apiBase }}
