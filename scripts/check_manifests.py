@@ -2,7 +2,7 @@
 
 Usage:
   python3 scripts/check_manifests.py RENDER.yaml --label NAME --kinds Kind,Kind,...
-      [--secret VALUE]... [--sandbox]
+      [--secret VALUE]... [--sandbox] [--digest sha256:…]
   python3 scripts/check_manifests.py RENDER.yaml --materialize DIR
   python3 scripts/check_manifests.py --chart-docs
 
@@ -236,10 +236,14 @@ def check_image(render, opts):
     for where, spec in pod_specs(render):
         for c in spec["containers"]:
             image = c["image"]
+            if opts.digest:
+                # Pinned by digest: exactly that image, whatever the tag.
+                assert image.endswith("@" + opts.digest), f"{where}: {image} is not pinned to {opts.digest}"
+                continue
             assert "@" not in image, f"{where}: {image} is pinned by digest"
             tag = image.rsplit(":", 1)[1]
             assert tag == version, f"{where}: image tag {tag} is not appVersion {version}"
-    return f"tag {version}"
+    return f"digest {opts.digest}" if opts.digest else f"tag {version}"
 
 
 def check_services(render, opts):
@@ -387,7 +391,7 @@ CHECKS = [
     ("pods meet the restricted Pod Security Standard, read-only root, resources set", check_restricted),
     ("secrets are mounted files, never in env, args or the ConfigMap", check_secrets),
     ("terminationGracePeriodSeconds exceeds drain delay + 2 x shutdown grace", check_grace),
-    ("image tag is appVersion is the crate version", check_image),
+    ("the image is appVersion, the crate version (or the digest it is pinned to)", check_image),
     ("Services: grpc port with appProtocol grpc, admin port, selecting only gateway pods", check_services),
     ("rollout: checksum annotations, no ServiceAccount token, PDB/HPA/spread select the pods", check_rollout),
     ("NetworkPolicy", check_network_policy),
@@ -507,6 +511,7 @@ def main():
     parser.add_argument("--kinds", default="")
     parser.add_argument("--secret", action="append", default=[])
     parser.add_argument("--sandbox", action="store_true")
+    parser.add_argument("--digest", default="")
     parser.add_argument("--materialize", metavar="DIR")
     opts = parser.parse_args()
     if opts.chart_docs:

@@ -157,9 +157,11 @@ render default
 render all-on -f "$ALL_ON" "${MONITORING_APIS[@]}"
 render all-on-without-monitoring-api -f "$ALL_ON"
 render sandbox --set sandbox.enabled=true --set replicaCount=1
+EXISTING_SECRET="$CHART/ci/existing-secret-values.yaml"
+render existing-secret -f "$EXISTING_SECRET"
 
 for version in "${K8S_VERSIONS[@]}"; do
-    for name in default all-on sandbox; do
+    for name in default all-on sandbox existing-secret; do
         k8s_check "kubernetes-validate --strict -k $version ($name)" 0 "" \
             -- timeout 120 kubernetes-validate --strict --quiet -k "$version" "$K8S_DIR/$name.yaml"
     done
@@ -212,6 +214,10 @@ k8s_relay "check_manifests.py (default)" \
 k8s_relay "check_manifests.py (all-on)" \
     timeout 60 python3 scripts/check_manifests.py "$K8S_DIR/all-on.yaml" --label all-on \
     --kinds "$K8S_KINDS_ALL_ON,ServiceMonitor,PrometheusRule" "${secret_flags[@]}"
+k8s_relay "check_manifests.py (existing-secret: no chart Secret, image by digest, no ServiceAccount made)" \
+    timeout 60 python3 scripts/check_manifests.py "$K8S_DIR/existing-secret.yaml" --label existing-secret \
+    --kinds ConfigMap,Deployment,Pod,PodDisruptionBudget,Service \
+    --digest "$(sed -n 's/^ *digest: *//p' "$EXISTING_SECRET")"
 k8s_relay "check_manifests.py (sandbox)" \
     timeout 60 python3 scripts/check_manifests.py "$K8S_DIR/sandbox.yaml" --label sandbox --sandbox \
     --kinds "$K8S_KINDS_BASE"
