@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigError, SecretOrigin, ServerSettings, Settings, TokenSettings, UpstreamSettings,
+    ConfigError, LimitSettings, SecretOrigin, ServerSettings, Settings, TokenSettings, UpstreamSettings,
     validate::is_cleartext_remote,
 };
 use crate::telemetry::redacted;
@@ -27,6 +27,7 @@ pub(super) struct FileSettings {
     pub(super) upstream: UpstreamSettings,
     pub(super) token: TokenSettings,
     pub(super) server: ServerSettings,
+    pub(super) limits: LimitSettings,
 }
 
 /// One `[[apps]]` entry: a secret is given inline, by file, or by variable name.
@@ -66,6 +67,7 @@ struct Rendered<'a> {
     upstream: &'a UpstreamSettings,
     token: &'a TokenSettings,
     server: &'a ServerSettings,
+    limits: &'a LimitSettings,
 }
 
 #[derive(Serialize)]
@@ -122,6 +124,7 @@ pub(super) fn render(settings: &Settings) -> String {
         upstream: &settings.upstream,
         token: &settings.token,
         server: &settings.server,
+        limits: &settings.limits,
     };
     // Strings, integers, tables and arrays of tables, with every table after the
     // plain keys: nothing TOML cannot represent.

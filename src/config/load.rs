@@ -241,6 +241,7 @@ impl Plan {
             upstream: self.file.upstream,
             token: self.file.token,
             server: self.file.server,
+            limits: self.file.limits,
         };
         validate::bounds(&settings)?;
         Ok(settings)
