@@ -3,11 +3,11 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    time::Duration,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{Router, http::StatusCode, routing::get};

@@ -9,8 +9,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigError, LimitSettings, SecretOrigin, ServerSettings, Settings, TokenSettings, UpstreamSettings,
-    validate::is_cleartext_remote,
+    ConfigError, LimitSettings, SecretOrigin, ServerSettings, Settings, TokenSettings,
+    UpstreamSettings, validate::is_cleartext_remote,
 };
 use crate::telemetry::redacted;
 

@@ -287,13 +287,14 @@ impl LimitSettings {
             per_minute: NonZeroU32::new(minute).unwrap_or(NonZeroU32::MAX),
             per_hour: NonZeroU32::new(hour).unwrap_or(NonZeroU32::MAX),
         };
-        let gateway = (self.gateway_api_per_minute.is_some() || self.gateway_api_per_hour.is_some())
-            .then(|| {
-                window(
-                    self.gateway_api_per_minute.unwrap_or(u32::MAX),
-                    self.gateway_api_per_hour.unwrap_or(u32::MAX),
-                )
-            });
+        let gateway = (self.gateway_api_per_minute.is_some()
+            || self.gateway_api_per_hour.is_some())
+        .then(|| {
+            window(
+                self.gateway_api_per_minute.unwrap_or(u32::MAX),
+                self.gateway_api_per_hour.unwrap_or(u32::MAX),
+            )
+        });
         RateLimits {
             per_corp: window(self.corp_api_per_minute, self.corp_api_per_hour),
             per_gateway: gateway,

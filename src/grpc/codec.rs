@@ -56,9 +56,9 @@ impl<U: Message + Default> Decoder for MessageDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf).map(Some).map_err(|error| {
-            status::refuse(CallError::MalformedRequest(error.to_string())).status
-        })
+        U::decode(buf)
+            .map(Some)
+            .map_err(|error| status::refuse(CallError::MalformedRequest(error.to_string())).status)
     }
 
     fn buffer_settings(&self) -> BufferSettings {

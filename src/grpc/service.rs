@@ -112,7 +112,9 @@ impl UpgradeGateway {
     ) -> Result<pb::UpgradeServiceResponse, Failure> {
         let upgrade = Upgrade::try_from(message).map_err(CallError::InvalidRequest)?;
         let outcome = self
-            .run(call, |app, deadline| app.upgrade_service(&upgrade, deadline))
+            .run(call, |app, deadline| {
+                app.upgrade_service(&upgrade, deadline)
+            })
             .await;
         let (app, target) = (self.audited_app(call), Some(&upgrade.target));
         audit(call, app, "upgrade", &upgrade.customer, target, &outcome);
@@ -126,7 +128,9 @@ impl UpgradeGateway {
     ) -> Result<pb::CancelUpgradeResponse, Failure> {
         let customer = Customer::try_from(message).map_err(CallError::InvalidRequest)?;
         let outcome = self
-            .run(call, |app, deadline| app.cancel_upgrade(&customer, deadline))
+            .run(call, |app, deadline| {
+                app.cancel_upgrade(&customer, deadline)
+            })
             .await;
         audit(
             call,

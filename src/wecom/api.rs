@@ -239,9 +239,15 @@ mod tests {
         let errmsg = "系".repeat(400_000);
         let body = json!({"errcode": 95021, "errmsg": errmsg}).to_string();
         match decode_body::<EmptyAnswer>(Endpoint::UpgradeService, body.as_bytes()) {
-            Err(Error::Api { errcode, errmsg, .. }) => {
+            Err(Error::Api {
+                errcode, errmsg, ..
+            }) => {
                 assert_eq!(errcode, 95021);
-                assert!(errmsg.len() <= MAX_ERRMSG_BYTES + "…".len(), "{}", errmsg.len());
+                assert!(
+                    errmsg.len() <= MAX_ERRMSG_BYTES + "…".len(),
+                    "{}",
+                    errmsg.len()
+                );
                 assert!(errmsg.ends_with('…') && errmsg.starts_with("系系"));
             }
             other => panic!("expected Api, got {other:?}"),

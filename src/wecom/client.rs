@@ -91,7 +91,11 @@ impl AppClient {
     }
 
     /// 为客户升级为专员或客户群服务.
-    pub async fn upgrade_service(&self, upgrade: &Upgrade, deadline: Instant) -> Result<(), Failed> {
+    pub async fn upgrade_service(
+        &self,
+        upgrade: &Upgrade,
+        deadline: Instant,
+    ) -> Result<(), Failed> {
         let body = api::encode(&UpgradeBody::from(upgrade));
         let endpoint = Endpoint::UpgradeService;
         let _: EmptyAnswer = self.call(endpoint, Some(&body), deadline).await?;
@@ -99,7 +103,11 @@ impl AppClient {
     }
 
     /// 为客户取消推荐.
-    pub async fn cancel_upgrade(&self, customer: &Customer, deadline: Instant) -> Result<(), Failed> {
+    pub async fn cancel_upgrade(
+        &self,
+        customer: &Customer,
+        deadline: Instant,
+    ) -> Result<(), Failed> {
         let body = api::encode(&CancelBody::from(customer));
         let endpoint = Endpoint::CancelUpgrade;
         let _: EmptyAnswer = self.call(endpoint, Some(&body), deadline).await?;

@@ -233,10 +233,9 @@ impl Error {
 fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            if matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                return true;
-            }
+        let io = error.downcast_ref::<io::Error>();
+        if io.is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))) {
+            return true;
         }
         cause = error.source();
     }

@@ -8,13 +8,7 @@
 //! [`LocalBudget`] keeps them in this process. A budget shared by a fleet of
 //! replicas implements the same trait.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    num::NonZeroU32,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, num::NonZeroU32, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use governor::{
@@ -230,10 +224,16 @@ mod tests {
         });
         let budget = budgets.for_corp("ww1");
         assert_eq!(admitted(&budget, Endpoint::UpgradeService, 1000).await, 60);
-        let refused = budget.try_spend(Endpoint::UpgradeService).await.unwrap_err();
+        let refused = budget
+            .try_spend(Endpoint::UpgradeService)
+            .await
+            .unwrap_err();
         assert_eq!(refused.window, "per corp per minute");
         // The other 540 slots of the minute come one every 60 s / 540.
-        assert!(refused.retry_after <= Duration::from_millis(112), "{refused:?}");
+        assert!(
+            refused.retry_after <= Duration::from_millis(112),
+            "{refused:?}"
+        );
         assert!(refused.retry_after > Duration::ZERO);
         // Other APIs have windows of their own; gettoken is not limited here.
         assert_eq!(admitted(&budget, Endpoint::CancelUpgrade, 100).await, 60);
@@ -267,9 +267,15 @@ mod tests {
         });
         let budget = budgets.for_corp("ww1");
         assert_eq!(admitted(&budget, Endpoint::UpgradeService, 10).await, 2);
-        let refused = budget.try_spend(Endpoint::UpgradeService).await.unwrap_err();
+        let refused = budget
+            .try_spend(Endpoint::UpgradeService)
+            .await
+            .unwrap_err();
         assert_eq!(refused.window, "per corp per hour");
         // 18 more slots in the hour: one every 200 s.
-        assert!(refused.retry_after > Duration::from_secs(150), "{refused:?}");
+        assert!(
+            refused.retry_after > Duration::from_secs(150),
+            "{refused:?}"
+        );
     }
 }

@@ -6,6 +6,7 @@ mod errors;
 mod helpers;
 mod http;
 mod lifecycle;
+mod reliability;
 mod token;
 mod upgrade;
 mod validation;
