@@ -22,6 +22,9 @@ use crate::{telemetry::ErrorChain, wecom};
 /// CANCELLED tonic sends when the deadline passes first.
 const DEADLINE_HEADROOM: Duration = Duration::from_millis(20);
 
+/// How much earlier than the call's budget the WeCom work's own waits end.
+const WAIT_MARGIN: Duration = Duration::from_millis(5);
+
 /// When a call arrived: the caller's deadline counts from here.
 #[derive(Debug, Clone, Copy)]
 struct Arrival(Instant);
@@ -136,7 +139,12 @@ impl Call {
             // No time left: starting the call would only send WeCom work nobody awaits.
             return Err(CallError::DeadlineExceeded { waited: budget }.into());
         }
-        let work = tokio::time::timeout(budget, work(Instant::now() + budget));
+        // The work's own waits (a rate-limit slot, a turn to reach WeCom) end a
+        // little earlier, so that they report what they waited for, with nothing
+        // sent, rather than this timeout, which means a request was in flight.
+        let deadline = Instant::now() + budget;
+        let work = work(deadline.checked_sub(WAIT_MARGIN).unwrap_or(deadline));
+        let work = tokio::time::timeout_at(deadline.into(), work);
         let result = tokio::select! {
             result = work => result,
             () = cutoff.clone().reached() => return Err(CallError::ShuttingDown.into()),

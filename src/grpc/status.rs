@@ -292,6 +292,21 @@ pub(crate) fn refuse(error: CallError) -> Failure {
         .with("endpoint", endpoint)
         .with("limit_bytes", limit),
         CallError::WeCom(Failed {
+            error: Error::NoTurn { endpoint, limit },
+            ..
+        }) => Refusal::gateway(
+            Code::Unavailable,
+            "UPSTREAM_BUSY",
+            Fault::WeCom,
+            format!(
+                "WeCom is slow: the app's {limit} requests to WeCom (upstream.max_requests_per_app) \
+                 stayed in flight until this call's deadline; nothing was sent for it: retry \
+                 with backoff"
+            ),
+        )
+        .with("endpoint", endpoint)
+        .with("limit", limit),
+        CallError::WeCom(Failed {
             error:
                 Error::RateLimited {
                     endpoint,

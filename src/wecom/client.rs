@@ -15,13 +15,16 @@ use url::Url;
 use super::{
     Endpoint, Error, Failed, GetToken, HttpSettings, Retry, TokenCache, TokenPolicy,
     api::{self, CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
-    limit::{LocalBudgets, RateBudget, RateLimits},
+    limit::{LocalBudgets, NoSlot, RateBudget, RateLimits},
     transport::{Call, Transport},
 };
 use crate::{
     domain::{Customer, Upgrade, UpgradeConfig},
     telemetry::redacted,
 };
+
+/// Least time left for a request worth sending after waiting for a turn.
+const MIN_TIME_TO_SEND: Duration = Duration::from_millis(10);
 
 /// One WeCom app, as the adapter needs to know it.
 pub struct AppSpec {
@@ -73,8 +76,11 @@ pub struct AppClient {
     retry: Retry,
     budget: Arc<dyn RateBudget>,
     max_rate_wait: Duration,
+    /// The line of calls waiting for a slot of the rate limits.
+    line: tokio::sync::Mutex<()>,
     /// Turns to have a request in flight to WeCom.
     turns: Semaphore,
+    max_requests: usize,
 }
 
 impl AppClient {
@@ -162,8 +168,20 @@ impl AppClient {
         deadline: Instant,
     ) -> Result<T, Error> {
         self.wait_for_slot(endpoint, deadline).await?;
-        // The semaphore is never closed, so acquiring only waits.
-        let _turn = self.turns.acquire().await;
+        // A turn not had by the deadline is a refusal of its own: nothing was sent.
+        let turn = tokio::time::timeout_at(deadline.into(), self.turns.acquire()).await;
+        let no_turn = || Error::NoTurn {
+            endpoint,
+            limit: self.max_requests,
+        };
+        let Ok(_turn) = turn else {
+            return Err(no_turn());
+        };
+        // A turn freed by a request that timed out goes to the next in line, often
+        // with moments left: sending then would only add another lost answer.
+        if deadline.saturating_duration_since(Instant::now()) < MIN_TIME_TO_SEND {
+            return Err(no_turn());
+        }
         let query = [("access_token", token.expose())];
         let call = Call {
             endpoint,
@@ -173,20 +191,35 @@ impl AppClient {
         api::decode(endpoint, self.transport.send(call).await?)
     }
 
-    /// Spends a slot of the rate limits, waiting for one while the wait is within
-    /// `max_rate_wait` and ends before `deadline`.
+    /// Spends a slot of the rate limits, waiting for one for at most
+    /// `max_rate_wait` and never past `deadline`.
     async fn wait_for_slot(&self, endpoint: Endpoint, deadline: Instant) -> Result<(), Error> {
+        let Err(full) = self.budget.try_spend(endpoint).await else {
+            return Ok(());
+        };
+        let give_up = deadline.min(Instant::now() + self.max_rate_wait);
+        let refused = |full: NoSlot, retry_after| Error::RateLimited {
+            endpoint,
+            window: full.window,
+            retry_after,
+        };
+        if Instant::now() + full.retry_after > give_up {
+            return Err(refused(full, full.retry_after));
+        }
+        // Waiters line up, oldest first, each sleeping only until its own slot:
+        // without the line every waiter would wake at every slot that frees.
+        // One who waited in vain suggests waiting as long again.
+        let Ok(_first_in_line) = tokio::time::timeout_at(give_up.into(), self.line.lock()).await
+        else {
+            return Err(refused(full, full.retry_after.max(self.max_rate_wait)));
+        };
         loop {
             let Err(full) = self.budget.try_spend(endpoint).await else {
                 return Ok(());
             };
             let wait = full.retry_after.max(Duration::from_millis(1));
-            if wait > self.max_rate_wait || Instant::now() + wait > deadline {
-                return Err(Error::RateLimited {
-                    endpoint,
-                    window: full.window,
-                    retry_after: full.retry_after,
-                });
+            if Instant::now() + wait > give_up {
+                return Err(refused(full, full.retry_after.max(self.max_rate_wait)));
             }
             tokio::time::sleep(wait).await;
         }
@@ -230,7 +263,9 @@ impl Apps {
                     retry: settings.retry,
                     budget,
                     max_rate_wait: settings.max_rate_wait,
+                    line: tokio::sync::Mutex::new(()),
                     turns: Semaphore::new(settings.max_requests_per_app),
+                    max_requests: settings.max_requests_per_app,
                 };
                 (spec.name, client)
             })

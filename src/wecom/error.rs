@@ -115,6 +115,17 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// The app's requests in flight to WeCom stayed at their limit until the
+    /// call's deadline (WeCom is slow); nothing was sent.
+    #[error(
+        "{limit} requests of this app to WeCom {endpoint} stayed in flight until the call's deadline"
+    )]
+    NoTurn {
+        /// Which call.
+        endpoint: Endpoint,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The gateway's own rate limit (WeCom's frequency limits) has no slot before
     /// the call's deadline or its longest wait; nothing was sent.
     #[error("the gateway's {window} limit for WeCom {endpoint} is reached")]
@@ -190,7 +201,7 @@ impl Error {
             }
             Error::HttpStatus { status, .. } => *status >= 500 || *status == 408,
             Error::MalformedBody { .. } | Error::BodyTooLarge { .. } => true,
-            Error::Api { .. } | Error::RateLimited { .. } => false,
+            Error::Api { .. } | Error::RateLimited { .. } | Error::NoTurn { .. } => false,
         }
     }
 
@@ -224,7 +235,7 @@ impl Error {
             Error::HttpStatus { status, .. } => *status >= 500 || *status == 408,
             Error::Transport { kind, .. } => *kind != TransportKind::OutOfResources,
             Error::MalformedBody { .. } | Error::BodyTooLarge { .. } => false,
-            Error::RateLimited { .. } => false,
+            Error::RateLimited { .. } | Error::NoTurn { .. } => false,
         }
     }
 }

@@ -66,8 +66,9 @@ async fn a_burst_reaches_wecom_no_faster_than_the_configured_rate() {
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
                 assert_eq!(reason(&status), "GATEWAY_RATE_LIMITED");
                 let retry = status.get_details_retry_info().expect("RetryInfo");
+                // Having waited in vain, the call suggests waiting as long again.
                 let delay = retry.retry_delay.expect("a retry delay");
-                assert!(delay <= Duration::from_millis(600), "{delay:?}");
+                assert_eq!(delay, Duration::from_millis(1_500));
                 refused += 1;
             }
         }
@@ -75,8 +76,13 @@ async fn a_burst_reaches_wecom_no_faster_than_the_configured_rate() {
     // Every admitted call reached WeCom, no refused one did.
     assert_eq!(app.calls_to(Endpoint::UpgradeService), admitted.len());
     assert!(refused > 0, "the burst is larger than the budget");
-    // Some waited for a slot instead of being refused...
-    assert!(admitted.len() > 12, "{} admitted", admitted.len());
+    // Some waited for a slot instead of being refused, but no longer than
+    // max_wait in all: about 1.5 s / 556 ms more slots after the burst.
+    assert!(
+        (13..=17).contains(&admitted.len()),
+        "{} admitted",
+        admitted.len()
+    );
     // ...but never faster than the rate: the n-th call after the burst of 12
     // completes at least n slot intervals after the first one.
     admitted.sort();
@@ -618,4 +624,45 @@ async fn an_upgrade_whose_first_attempt_was_lost_says_it_may_have_taken_effect()
         !info.metadata.contains_key("may_have_taken_effect"),
         "{info:?}"
     );
+}
+
+#[tokio::test]
+async fn a_call_that_gets_no_turn_to_reach_a_slow_wecom_says_nothing_was_sent() {
+    let app = spawn_app_with(|s| s.upstream.max_requests_per_app = 2).await;
+    app.fault(
+        Endpoint::UpgradeService,
+        Fault {
+            delay_ms: 2_000,
+            times: 2,
+            ..Default::default()
+        },
+    );
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let mut client = app.client.clone();
+            let request = member_upgrade("zhangsan", &format!("slow {i}"));
+            tokio::spawn(async move { client.upgrade_service(request).await })
+        })
+        .collect();
+    while app.calls_to(Endpoint::UpgradeService) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let request = with_deadline(
+        member_upgrade("zhangsan", "third"),
+        Duration::from_millis(500),
+    );
+    let status = app
+        .client
+        .clone()
+        .upgrade_service(request)
+        .await
+        .expect_err("no turn before the deadline");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "UPSTREAM_BUSY");
+    assert!(!info.metadata.contains_key("may_have_taken_effect"));
+    assert_eq!(app.calls_to(Endpoint::UpgradeService), 2);
+    for call in slow {
+        call.await.unwrap().expect("the slow calls complete");
+    }
 }
