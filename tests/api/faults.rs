@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tonic::Code;
-use wecom_kf_upgrade::{config::Settings, grpc::pb, wecom::Endpoint};
+use wecom_kf_upgrade::{config::Settings, grpc::pb, sandbox::Fault, wecom::Endpoint};
 
 use crate::{
     fault_proxy::{FaultProxy, ProxyFault},
@@ -260,4 +260,31 @@ async fn a_slow_body_under_a_shorter_caller_deadline_is_deadline_exceeded() {
 
     assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
     assert_still_serving(&mut app, &proxy).await;
+}
+
+#[tokio::test]
+async fn the_sandbox_counts_a_request_it_is_still_answering() {
+    // What a soak waits on before it reads WeCom's record as final.
+    let mut app = spawn_app().await;
+    app.get_config().await.unwrap();
+    app.fault(
+        Endpoint::CancelUpgrade,
+        Fault {
+            delay_ms: 1_000,
+            ..Fault::default()
+        },
+    );
+    assert_eq!(app.sandbox.requests_in_flight(), 0);
+
+    let mut client = app.client.clone();
+    let call = tokio::spawn(async move { client.cancel_upgrade(cancel()).await });
+    let mut seen = 0;
+    while seen == 0 && !call.is_finished() {
+        seen = app.sandbox.requests_in_flight();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    assert_eq!(seen, 1, "counted while the delay held it");
+    call.await.unwrap().expect("answered after the delay");
+    assert_eq!(app.sandbox.requests_in_flight(), 0);
 }
