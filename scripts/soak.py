@@ -10,11 +10,12 @@ several HTTP/2 connections) for a fixed time while it scripts faults into the We
 sandbox: errcodes, HTTP 5xx and HTML pages, delays, and expired or revoked tokens.
 (The fault proxy between gateway and sandbox adds the network's faults.) Every
 UpgradeService names a customer of its own, so the sandbox's recommendations say
-which upgrades WeCom accepted. It writes each call's outcome to --out.
+which upgrades WeCom accepted. It writes the outcomes to --out.
 
 `report` waits until the sandbox answers nothing any more, reads what it accepted,
 and prints the figures and the checks; it exits 1 if a check failed. The checks
-come from what the sandbox recorded, never from timing:
+compare what the sandbox recorded with what the callers were told; none depends
+on how fast anything ran:
 - no OK for an upgrade the sandbox did not accept;
 - every accepted upgrade the gateway reported non-OK carries ErrorInfo metadata
   `may_have_taken_effect=true`;
@@ -72,7 +73,7 @@ OWN_DEADLINE = "(caller's own deadline)"
 MIN_CALLS = 1000
 
 
-def sandbox_faults(rng: random.Random):
+def sandbox_fault(rng: random.Random):
     """One scripted fault: (path, fault body)."""
     times = rng.randint(1, 4)
     delay = rng.randint(200, 2500)
@@ -189,7 +190,7 @@ class Driver:
         next_burst = time.monotonic() + BURST_EVERY
         while True:
             await asyncio.sleep(FAULT_EVERY)
-            await self.script(*sandbox_faults(rng))
+            await self.script(*sandbox_fault(rng))
             now = time.monotonic()
             if now >= next_burst:
                 await self.script(*sandbox_burst(rng))
