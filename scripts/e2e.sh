@@ -2,8 +2,9 @@
 # End-to-end test of the release binary: starts `serve --sandbox` on free
 # loopback ports and drives it with grpcurl, the `health` subcommand and plain
 # HTTP, runs the callers in other languages and buf (scripts/e2e_polyglot.sh),
-# then stops it with SIGTERM and watches it drain. Then the Kubernetes
-# packaging: the Helm chart and the container image (scripts/e2e_k8s.sh).
+# then stops it with SIGTERM and watches it drain. Then a minute's soak under
+# faults (scripts/soak.sh) and the Kubernetes packaging: the Helm chart and the
+# container image (scripts/e2e_k8s.sh).
 #
 # Needs: cargo, python3 with pip, npm, timeout; Debian's apt-get and root for
 # the packages in APT_PACKAGES (skipped when they are all installed).
@@ -578,6 +579,22 @@ elif grep -qF -e "$TOKEN" -e "sandbox-secret" "$SERVER_LOG" "$TMP/server.stdout"
         "$(grep -nF -e "$TOKEN" -e "sandbox-secret" "$SERVER_LOG" "$TMP/server.stdout" | head -n 5)"
 else
     ok "the debug log ($(wc -l <"$SERVER_LOG") lines) holds neither the secret nor the access token"
+fi
+
+# ---------------------------------------------------------------- soak under faults
+
+# A minute of calls from many clients through a fault proxy, with faults scripted
+# into a sandbox of its own (scripts/soak.sh, its own processes and ports); its
+# figures are printed as comments.
+soak_rc=0
+soak_out="$(timeout 170 bash scripts/soak.sh "$BIN" 2>&1)" || soak_rc=$?
+SOAK_CHECK="soak: a minute of calls under faults: no OK that WeCom did not accept, every accepted failure says may_have_taken_effect, ErrorInfo on every failure, gettoken single-flight, no panic, bounded memory, clean exit"
+if ((soak_rc == 0)); then
+    # shellcheck disable=SC2001 # prefix every line of a multi-line text
+    sed 's/^/# /' <<<"$soak_out"
+    ok "$SOAK_CHECK"
+else
+    not_ok "$SOAK_CHECK" "exit status $soak_rc; output:"$'\n'"$soak_out"
 fi
 
 # ---------------------------------------------------------------- Kubernetes packaging

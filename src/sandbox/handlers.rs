@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -84,6 +84,7 @@ fn ok(mut fields: Value) -> Response {
 /// a scripted fault for its path answers instead, and (but for `gettoken`) its
 /// access token is checked as WeCom checks it.
 async fn front_desk(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next) -> Response {
+    let _answering = InFlight::enter(&sandbox);
     let (parts, body) = request.into_parts();
     let params: Params = Query::try_from_uri(&parts.uri)
         .map(|Query(params)| params)
@@ -102,6 +103,23 @@ async fn front_desk(State(sandbox): State<Arc<Sandbox>>, request: Request, next:
         return refused.into_response();
     }
     next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// Counts a WeCom request in [`Sandbox::requests_in_flight`] until its answer is
+/// ready, or until the server drops it (the connection closed).
+struct InFlight<'a>(&'a Sandbox);
+
+impl<'a> InFlight<'a> {
+    fn enter(sandbox: &'a Sandbox) -> Self {
+        sandbox.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(sandbox)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 // === impl Sandbox (request handling) ===
@@ -306,6 +324,7 @@ async fn state(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
         "recommendations": recommendations,
         "gettoken_calls": state.gettoken_calls,
         "pending_faults": state.faults,
+        "requests_in_flight": sandbox.requests_in_flight(),
     }))
 }
 

@@ -10,7 +10,8 @@
 //!   chat_id is not configured, and keeps one recommendation per customer, which
 //!   `cancel_upgrade_service` clears.
 //!
-//! Control routes (`/sandbox/...`): `GET state` (recommendations, gettoken count),
+//! Control routes (`/sandbox/...`): `GET state` (recommendations, gettoken count,
+//! requests still being answered),
 //! `GET requests` (every WeCom request received, secrets redacted), `POST faults`
 //! and `DELETE faults` (scripted answers), `POST expire-tokens`, `POST revoke-tokens`.
 
@@ -19,7 +20,10 @@ mod handlers;
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -117,6 +121,9 @@ pub struct RecordedRequest {
 pub struct Sandbox {
     config: SandboxConfig,
     state: Mutex<State>,
+    /// WeCom requests received and not answered yet (a scripted delay may hold one):
+    /// while it is above zero, the recommendations may still change.
+    in_flight: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +146,7 @@ impl Sandbox {
         Arc::new(Self {
             config,
             state: Mutex::new(State::default()),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -178,6 +186,13 @@ impl Sandbox {
     /// How many `gettoken` calls were received.
     pub fn gettoken_calls(&self) -> u64 {
         self.state().gettoken_calls
+    }
+
+    /// How many WeCom requests are being answered right now. A test that reads the
+    /// recommendations after its calls ended waits for zero: a request the gateway
+    /// gave up on may still be applied.
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// The current recommendation for a customer: the `upgrade_service` body that set it.

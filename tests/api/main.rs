@@ -3,6 +3,8 @@
 
 mod audit;
 mod errors;
+mod fault_proxy;
+mod faults;
 mod helpers;
 mod http;
 mod lifecycle;
