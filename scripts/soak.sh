@@ -106,6 +106,12 @@ call_timeout_ms = 3000
 [server]
 drain_delay_ms = 0
 shutdown_grace_ms = 5000
+
+# The soak is about faults: WeCom's frequency limits, which the gateway keeps
+# by default (and which the tests cover), would refuse most of its calls.
+[limits]
+corp_api_per_minute = 1000000
+corp_api_per_hour = 100000000
 TOML
 # The sandbox's demo credentials: not secrets.
 WECOM_CORP_ID=wwsandbox0000000001 WECOM_CORP_SECRET=sandbox-secret \

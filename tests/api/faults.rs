@@ -89,7 +89,6 @@ async fn resets_after_every_answer_are_unavailable_connection_failed_after_retri
 }
 
 #[tokio::test]
-#[ignore = "needs may_have_taken_effect"]
 async fn an_upgrade_whose_answer_was_lost_says_it_may_have_taken_effect() {
     let (mut app, proxy) = spawn_app_behind_proxy(|_| {}).await;
     proxy.set(ProxyFault::ResetAfterForwarding);
