@@ -2,6 +2,7 @@
 
 use std::{
     future::Future,
+    io,
     net::SocketAddr,
     sync::{
         Arc,
@@ -10,7 +11,12 @@ use std::{
 };
 
 use axum::{Router, http::StatusCode, routing::get};
-use tokio::net::TcpListener;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{
     service::{Routes, interceptor::InterceptedService},
     transport::{Server, server::TcpIncoming},
@@ -18,9 +24,11 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
-    config::{Settings, is_cleartext_remote},
+    auth::Access,
+    config::{Settings, is_cleartext_remote, is_exposed},
     grpc::{self, CustomerUpgradeServiceServer, UpgradeGateway, pb},
     telemetry::redacted,
+    tls::{TlsAcceptor, TlsError},
     wecom::Apps,
 };
 
@@ -40,6 +48,9 @@ pub enum StartupError {
     /// The HTTP client for WeCom could not be built (TLS set-up).
     #[error("cannot build the WeCom HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// The gRPC port's TLS files cannot be used.
+    #[error("cannot set up TLS on the gRPC port: {0}")]
+    Tls(#[from] TlsError),
     /// Reflection could not read the descriptor sets.
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -56,12 +67,15 @@ pub enum StartupError {
 pub struct Application {
     settings: Settings,
     apps: Apps,
+    access: Access,
+    tls: Option<Arc<TlsAcceptor>>,
     grpc: TcpListener,
     admin: TcpListener,
 }
 
 impl Application {
-    /// Builds the WeCom clients and binds both listeners (port 0 picks a free port).
+    /// Builds the WeCom clients, TLS and caller authentication (both start watching
+    /// their files), and binds both listeners (port 0 picks a free port).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         for (name, app) in &settings.apps {
             if is_cleartext_remote(&app.api_base) {
@@ -72,8 +86,24 @@ impl Application {
                 );
             }
         }
+        if let Some(warning) = is_exposed(&settings) {
+            tracing::warn!(listen = %settings.listen, "INSECURE: {warning}");
+        }
         let (adapter, specs) = settings.adapter();
         let apps = Apps::new(&adapter, specs, settings.default_app.clone())?;
+        let access = match &settings.auth {
+            Some(auth) => Access::from_file(
+                auth.callers.clone(),
+                auth.callers_file.clone(),
+                auth.reload_interval,
+                settings.apps.keys().cloned().collect(),
+            ),
+            None => Access::open(),
+        };
+        let tls = match &settings.tls {
+            Some(tls) => Some(Arc::new(TlsAcceptor::start(tls)?)),
+            None => None,
+        };
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -84,6 +114,8 @@ impl Application {
         Ok(Self {
             settings,
             apps,
+            access,
+            tls,
             grpc,
             admin,
         })
@@ -120,6 +152,7 @@ impl Application {
         let gateway = Arc::new(UpgradeGateway::new(
             self.apps,
             self.settings.upstream.call_timeout,
+            self.access.clone(),
         ));
         let service = InterceptedService::new(
             CustomerUpgradeServiceServer::from_arc(Arc::clone(&gateway))
@@ -133,9 +166,18 @@ impl Application {
                 // google.rpc.ErrorInfo and friends, so grpcurl can print error details.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1()?;
+        // With caller authentication, health and reflection may still answer anyone.
+        let (open_health, open_reflection) =
+            self.settings.auth.as_ref().map_or((true, true), |auth| {
+                (auth.open_health, auth.open_reflection)
+            });
+        let guard = |open| grpc::admit(self.access.clone(), open);
+        let health_service = InterceptedService::new(health_service, guard(open_health));
+        let reflection_v1 =
+            InterceptedService::new(reflection().build_v1()?, guard(open_reflection));
         // grpcurl 1.8 speaks only v1alpha.
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let reflection_v1alpha =
+            InterceptedService::new(reflection().build_v1alpha()?, guard(open_reflection));
 
         let ready = Arc::new(AtomicBool::new(true));
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -162,15 +204,27 @@ impl Application {
                 server_settings.max_decode_message_bytes,
             ))
             .fallback(grpc::unknown_route);
-        let server = Server::builder()
+        let router = Server::builder()
             .accept_http1(true)
             .max_concurrent_streams(server_settings.max_concurrent_streams)
-            .add_routes(Routes::from(routes))
-            .serve_with_incoming_shutdown(incoming(self.grpc), async {
-                let _ = grpc_stopped.await;
-            });
-        let mut server = tokio::spawn(server);
-        tracing::info!(%grpc_addr, %admin_addr, "gateway serving");
+            .add_routes(Routes::from(routes));
+        let stopped = async {
+            let _ = grpc_stopped.await;
+        };
+        let tcp = incoming(self.grpc);
+        let mut server = match self.tls {
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(tls_incoming(tcp, tls), stopped))
+            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(tcp, stopped)),
+        };
+        let tls = match &self.settings.tls {
+            Some(tls) if tls.client_ca_file.is_some() => "mutual",
+            Some(_) => "on",
+            None => "off",
+        };
+        let caller_auth = self.access.enforced();
+        tracing::info!(%grpc_addr, %admin_addr, tls, caller_auth, "gateway serving");
 
         tokio::select! {
             () = shutdown => {}
@@ -231,6 +285,47 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)))
+}
+
+/// TLS connections over accepted TCP connections. Each handshake runs in a task of
+/// its own, bounded by the handshake timeout, so a slow or silent client never
+/// holds up the others; a failed one (a scanner, a plaintext client) is logged at
+/// debug and closed. When the server stops taking connections it drops the
+/// stream, and the accept task ends, closing the listener.
+fn tls_incoming(
+    mut tcp: TcpIncoming,
+    tls: Arc<TlsAcceptor>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    // Handshaken connections wait here until the server takes them; a few suffice.
+    let (ready, taken) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = ready.closed() => break,
+                accepted = tcp.next() => accepted,
+            };
+            let stream = match accepted {
+                Some(Ok(stream)) => stream,
+                // The server logs accept errors and goes on, as without TLS.
+                Some(Err(error)) => {
+                    let _ = ready.send(Err(error)).await;
+                    continue;
+                }
+                None => break,
+            };
+            let (ready, tls) = (ready.clone(), Arc::clone(&tls));
+            tokio::spawn(async move {
+                let peer = stream.peer_addr().ok();
+                match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let _ = ready.send(Ok(stream)).await;
+                    }
+                    Err(error) => tracing::debug!(?peer, %error, "TLS handshake failed"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(taken)
 }
 
 /// `/healthz`: the process is alive. `/readyz`: it accepts work (not draining).

@@ -7,19 +7,33 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::{
-    AppSettings, ConfigError, DEFAULT_API_BASE, DEFAULT_APP_NAME, SecretOrigin, Settings,
+    AppSettings, AuthSettings, ConfigError, DEFAULT_API_BASE, DEFAULT_APP_NAME, SecretOrigin,
+    Settings, TlsSettings,
     env::{self, Environment},
     file::{self, FileApp, FileSettings},
     validate,
 };
+use crate::{
+    auth::Callers,
+    tls::{self, TlsFile},
+};
+
+/// The ports the listeners bind by default, on every interface (or, for the
+/// sandbox's demo, on loopback only).
+const GRPC_PORT: u16 = 50051;
+const ADMIN_PORT: u16 = 9464;
+/// How long a TLS handshake may take, and how often changed files are noticed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The sandbox's demo app, which `serve --sandbox` puts in place of every app.
 #[derive(Debug, Clone)]
@@ -56,10 +70,21 @@ struct AppPlan {
     api_base: Option<Given<Url>>,
 }
 
+/// A file the configuration names, and the key that named it.
+struct NamedFile {
+    path: PathBuf,
+    key: &'static str,
+}
+
 /// The configuration before its secrets are read.
 struct Plan {
-    listen: SocketAddr,
-    admin_listen: SocketAddr,
+    /// `None`: the default address, which the sandbox makes loopback.
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    tls_cert: Option<NamedFile>,
+    tls_key: Option<NamedFile>,
+    tls_client_ca: Option<NamedFile>,
+    callers_file: Option<NamedFile>,
     default_app: String,
     /// The API base of every app that sets none.
     api_base: Given<Url>,
@@ -119,9 +144,14 @@ impl Plan {
             file.api_base.as_deref().unwrap_or(DEFAULT_API_BASE),
             "api_base",
         );
+        let named = |path: Option<PathBuf>, key| path.map(|path| NamedFile { path, key });
         Ok(Self {
-            listen: file.listen.unwrap_or(([0, 0, 0, 0], 50051).into()),
-            admin_listen: file.admin_listen.unwrap_or(([0, 0, 0, 0], 9464).into()),
+            listen: file.listen,
+            admin_listen: file.admin_listen,
+            tls_cert: named(file.tls.cert_file.take(), "tls.cert_file"),
+            tls_key: named(file.tls.key_file.take(), "tls.key_file"),
+            tls_client_ca: named(file.tls.client_ca_file.take(), "tls.client_ca_file"),
+            callers_file: named(file.auth.callers_file.take(), "auth.callers_file"),
             default_app,
             api_base,
             apps,
@@ -129,11 +159,26 @@ impl Plan {
         })
     }
 
-    /// The environment over the file: the shared API base, and the default app's
-    /// corp id and secret (describing the default app if the file has none).
+    /// The environment over the file: the shared API base, the TLS and callers
+    /// files, and the default app's corp id and secret (describing the default app
+    /// if the file has none).
     fn apply_env(&mut self, env: &dyn Environment) {
         if let Some(base) = env.var(env::API_BASE) {
             self.api_base = validate::api_base(&base, env::API_BASE);
+        }
+        let files = [
+            (&mut self.tls_cert, env::TLS_CERT_FILE),
+            (&mut self.tls_key, env::TLS_KEY_FILE),
+            (&mut self.tls_client_ca, env::TLS_CLIENT_CA_FILE),
+            (&mut self.callers_file, env::CALLERS_FILE),
+        ];
+        for (file, key) in files {
+            if let Some(path) = env.var(key) {
+                *file = Some(NamedFile {
+                    path: path.into(),
+                    key,
+                });
+            }
         }
         let corp_id = env.var(env::CORP_ID);
         let secret = env_secret(env);
@@ -163,8 +208,12 @@ impl Plan {
         }
     }
 
-    /// Every app becomes the sandbox's demo app, and the default app exists.
+    /// Every app becomes the sandbox's demo app, and the default app exists. A
+    /// demo listens on loopback unless an address was given.
     fn swap_in(&mut self, sandbox: &SandboxApp) {
+        let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        self.listen.get_or_insert(loopback(GRPC_PORT));
+        self.admin_listen.get_or_insert(loopback(ADMIN_PORT));
         let api_base = validate::api_base(&sandbox.api_base, "--sandbox");
         let demo = || AppPlan {
             corp_id: Ok(sandbox.corp_id.clone()),
@@ -233,18 +282,117 @@ impl Plan {
                 ),
             ));
         }
+        let everywhere = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let tls = tls_settings(
+            self.tls_cert,
+            self.tls_key,
+            self.tls_client_ca,
+            &self.file.tls,
+        )?;
+        let auth = match self.callers_file {
+            Some(callers_file) => Some(auth_settings(callers_file, &self.file.auth, &apps)?),
+            None => None,
+        };
         let settings = Settings {
-            listen: self.listen,
-            admin_listen: self.admin_listen,
+            listen: self.listen.unwrap_or(everywhere(GRPC_PORT)),
+            admin_listen: self.admin_listen.unwrap_or(everywhere(ADMIN_PORT)),
             default_app: self.default_app,
             apps,
             upstream: self.file.upstream,
             token: self.file.token,
             server: self.file.server,
+            tls: tls.as_ref().map(|(settings, _)| settings.clone()),
+            auth,
         };
         validate::bounds(&settings)?;
+        if let Some((settings, keys)) = &tls {
+            // The files are read now, so that a bad one is named before anything starts.
+            tls::check(settings).map_err(|e| {
+                let key = match e.file {
+                    TlsFile::Cert => keys[0],
+                    TlsFile::Key => keys[1],
+                    TlsFile::ClientCa => keys[2],
+                };
+                ConfigError::new(key, e.to_string())
+            })?;
+        }
         Ok(settings)
     }
+}
+
+/// TLS when a certificate and a key are named; with the keys that named the
+/// certificate, the key and the client CA, for errors.
+fn tls_settings(
+    cert: Option<NamedFile>,
+    key: Option<NamedFile>,
+    client_ca: Option<NamedFile>,
+    file: &file::FileTls,
+) -> Result<Option<(TlsSettings, [&'static str; 3])>, ConfigError> {
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            return match client_ca {
+                Some(ca) => Err(ConfigError::new(
+                    ca.key,
+                    "mTLS needs TLS: set the certificate and key too (WECOM_TLS_CERT_FILE \
+                     and WECOM_TLS_KEY_FILE)",
+                )),
+                None => Ok(None),
+            };
+        }
+        (Some(cert), None) => {
+            return Err(ConfigError::new(
+                cert.key,
+                "needs its key: set WECOM_TLS_KEY_FILE or tls.key_file as well",
+            ));
+        }
+        (None, Some(key)) => {
+            return Err(ConfigError::new(
+                key.key,
+                "needs its certificate: set WECOM_TLS_CERT_FILE or tls.cert_file as well",
+            ));
+        }
+    };
+    let keys = [
+        cert.key,
+        key.key,
+        client_ca.as_ref().map_or("tls.client_ca_file", |ca| ca.key),
+    ];
+    let settings = TlsSettings {
+        cert_file: cert.path,
+        key_file: key.path,
+        client_ca_file: client_ca.map(|ca| ca.path),
+        handshake_timeout: file
+            .handshake_timeout_ms
+            .map_or(HANDSHAKE_TIMEOUT, Duration::from_millis),
+        reload_interval: file
+            .reload_interval_ms
+            .map_or(RELOAD_INTERVAL, Duration::from_millis),
+    };
+    Ok(Some((settings, keys)))
+}
+
+/// Caller authentication from the callers file, read now; every app it names must
+/// be one of `apps`.
+fn auth_settings(
+    callers_file: NamedFile,
+    file: &file::FileAuth,
+    apps: &BTreeMap<String, AppSettings>,
+) -> Result<AuthSettings, ConfigError> {
+    let NamedFile { path, key } = callers_file;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    let callers = Callers::parse(&bytes, &|app| apps.contains_key(app))
+        .map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))?;
+    Ok(AuthSettings {
+        callers_file: path,
+        callers,
+        open_health: file.open_health.unwrap_or(true),
+        open_reflection: file.open_reflection.unwrap_or(true),
+        reload_interval: file
+            .reload_interval_ms
+            .map_or(RELOAD_INTERVAL, Duration::from_millis),
+    })
 }
 
 // === impl AppPlan ===

@@ -17,7 +17,7 @@ mod http;
 mod service;
 pub mod status;
 
-pub use call::stamp_arrival;
+pub use call::{admit, stamp_arrival};
 pub(crate) use http::{routes as http_routes, unknown_route};
 pub use service::UpgradeGateway;
 
