@@ -25,6 +25,8 @@ pub const AUTHORIZATION: &str = "authorization";
 pub struct Access {
     /// `None`: caller authentication is off and every caller may use every app.
     callers: Option<Arc<ArcSwap<Callers>>>,
+    /// Who callers are when nothing names them, made once rather than per call.
+    anonymous: Arc<Entry>,
 }
 
 /// Who made a call, as far as the gateway can tell.
@@ -82,7 +84,10 @@ impl AuthError {
 impl Access {
     /// Every caller may use every app.
     pub fn open() -> Self {
-        Self { callers: None }
+        Self {
+            callers: None,
+            anonymous: Arc::new(Entry::unchecked("anonymous".to_owned())),
+        }
     }
 
     /// Callers from `callers`, re-read from `path` every `reload_interval`; a
@@ -113,6 +118,7 @@ impl Access {
         );
         Self {
             callers: Some(current),
+            ..Self::open()
         }
     }
 
@@ -130,7 +136,7 @@ impl Access {
         certificate: Option<&CertificateDer<'_>>,
     ) -> Result<Caller, AuthError> {
         let Some(callers) = &self.callers else {
-            return Ok(Caller::anonymous(certificate));
+            return Ok(self.unchecked(certificate));
         };
         let callers = callers.load();
         if let Some(token) = bearer_token(metadata)? {
@@ -150,6 +156,19 @@ impl Access {
             .ok_or_else(|| AuthError::UnknownCertificate {
                 names: bounded_list(&names),
             })
+    }
+
+    /// A caller without caller authentication: under mTLS named by the first name
+    /// of its client certificate, which the handshake verified; else `anonymous`.
+    fn unchecked(&self, certificate: Option<&CertificateDer<'_>>) -> Caller {
+        let name = certificate.and_then(|c| certificate_names(c).into_iter().next());
+        match name {
+            Some(name) => Caller {
+                entry: Arc::new(Entry::unchecked(name.chars().take(100).collect())),
+                proof: Proof::Certificate,
+            },
+            None => Caller::known(&self.anonymous, Proof::None),
+        }
     }
 }
 
@@ -212,24 +231,6 @@ impl Caller {
         }
     }
 
-    /// Without caller authentication: `anonymous`, or under mTLS the first name
-    /// of the client certificate, which the handshake verified.
-    fn anonymous(certificate: Option<&CertificateDer<'_>>) -> Self {
-        let name = certificate
-            .and_then(|c| certificate_names(c).into_iter().next())
-            .map(|name| name.chars().take(100).collect::<String>());
-        let proof = if name.is_some() {
-            Proof::Certificate
-        } else {
-            Proof::None
-        };
-        let name = name.unwrap_or_else(|| "anonymous".to_owned());
-        Self {
-            entry: Arc::new(Entry::unchecked(name)),
-            proof,
-        }
-    }
-
     /// The caller's name, for logs and errors.
     pub fn name(&self) -> &str {
         &self.entry.name
@@ -275,6 +276,7 @@ mod tests {
         let callers = Callers::parse(entry.as_bytes(), &|_| true).unwrap();
         Access {
             callers: Some(Arc::new(ArcSwap::from_pointee(callers))),
+            ..Access::open()
         }
     }
 
@@ -314,6 +316,19 @@ mod tests {
             let error = access.identify(&metadata(&[sent]), None).unwrap_err();
             assert!(!error.to_string().contains("SENT-TOKEN"), "{error}");
         }
+    }
+
+    #[test]
+    fn without_a_callers_file_a_client_certificate_still_names_the_caller() {
+        let issued = rcgen::generate_simple_self_signed(vec!["crm.internal".to_owned()]).unwrap();
+        let caller = Access::open()
+            .identify(&metadata(&[]), Some(issued.cert.der()))
+            .unwrap();
+        assert_eq!(
+            (caller.name(), caller.proof()),
+            ("crm.internal", Proof::Certificate)
+        );
+        assert!(caller.may_use("any-app"));
     }
 
     #[test]

@@ -866,4 +866,207 @@ mod tests {
         );
         from_toml(&printed, &[]).unwrap();
     }
+
+    /// A fresh directory for one test's files.
+    fn temp_dir(purpose: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wku-{purpose}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A self-signed certificate for localhost and its key, written to `dir`.
+    fn cert_files(dir: &Path) -> (PathBuf, PathBuf) {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, issued.cert.pem()).unwrap();
+        std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn tls_comes_from_the_environment_or_the_file() {
+        let dir = temp_dir("tls-env");
+        let (cert, key) = cert_files(&dir);
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let vars = [
+            ONE_APP[0],
+            ONE_APP[1],
+            ("WECOM_TLS_CERT_FILE", cert),
+            ("WECOM_TLS_KEY_FILE", key),
+        ];
+        let tls = from_toml("", &vars).unwrap().tls.unwrap();
+        assert_eq!(
+            (tls.cert_file.to_str(), tls.key_file.to_str()),
+            (Some(cert), Some(key))
+        );
+        assert_eq!(tls.client_ca_file, None);
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+
+        let text = format!(
+            "[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{cert}\"\n\
+             reload_interval_ms = 500\n"
+        );
+        let tls = from_toml(&text, ONE_APP).unwrap().tls.unwrap();
+        assert_eq!(
+            tls.client_ca_file.as_deref().and_then(Path::to_str),
+            Some(cert)
+        );
+        assert_eq!(tls.reload_interval, Duration::from_millis(500));
+        assert!(
+            from_toml("", ONE_APP).unwrap().tls.is_none(),
+            "off by default"
+        );
+    }
+
+    #[test]
+    fn a_tls_file_without_its_partner_is_named() {
+        let dir = temp_dir("tls-partner");
+        let (cert, _) = cert_files(&dir);
+        let cert = cert.to_str().unwrap();
+        // Each alone: the certificate needs its key, the key its certificate, mTLS both.
+        for var in [
+            "WECOM_TLS_CERT_FILE",
+            "WECOM_TLS_KEY_FILE",
+            "WECOM_TLS_CLIENT_CA_FILE",
+        ] {
+            let vars = [ONE_APP[0], ONE_APP[1], (var, cert)];
+            assert_eq!(key_of("", &vars), var);
+        }
+    }
+
+    #[test]
+    fn a_tls_file_that_cannot_be_used_is_named_by_its_key_without_its_contents() {
+        let dir = temp_dir("tls-bad");
+        let (cert, key) = cert_files(&dir);
+        let other_key = dir.join("other.key");
+        let other = rcgen::generate_simple_self_signed(vec!["x".to_owned()]).unwrap();
+        std::fs::write(&other_key, other.signing_key.serialize_pem()).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a PEM file at all: SECRET-LOOKING-BYTES").unwrap();
+        let file = |cert: &Path, key: &Path, ca: Option<&Path>| {
+            let mut text = format!(
+                "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                cert.display(),
+                key.display()
+            );
+            if let Some(ca) = ca {
+                text.push_str(&format!("client_ca_file = \"{}\"\n", ca.display()));
+            }
+            text
+        };
+        let missing = dir.join("missing.crt");
+        for (text, key) in [
+            (file(&missing, &key, None), "tls.cert_file"),
+            (file(&garbage, &key, None), "tls.cert_file"),
+            (file(&cert, &garbage, None), "tls.key_file"),
+            (file(&cert, &other_key, None), "tls.key_file"),
+            (file(&cert, &key, Some(&garbage)), "tls.client_ca_file"),
+        ] {
+            let err = from_toml(&text, ONE_APP).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(!err.to_string().contains("SECRET-LOOKING"), "{err}");
+            assert!(!err.to_string().contains("PRIVATE KEY-----\n"), "{err}");
+        }
+    }
+
+    #[test]
+    fn callers_come_from_their_file_and_may_name_only_configured_apps() {
+        let dir = temp_dir("callers");
+        let path = dir.join("callers.toml");
+        let good = crate::auth::new_caller("shop", &["default".into()]).unwrap();
+        std::fs::write(&path, &good.entry).unwrap();
+        let vars = [
+            ONE_APP[0],
+            ONE_APP[1],
+            ("WECOM_CALLERS_FILE", path.to_str().unwrap()),
+        ];
+        let auth = from_toml("", &vars).unwrap().auth.unwrap();
+        assert_eq!(auth.callers.len(), 1);
+        assert!(auth.open_health && auth.open_reflection, "open by default");
+
+        let text = format!(
+            "[auth]\ncallers_file = \"{}\"\nopen_health = false\n",
+            path.display()
+        );
+        let auth = from_toml(&text, ONE_APP).unwrap().auth.unwrap();
+        assert!(!auth.open_health && auth.open_reflection);
+
+        let wrong = crate::auth::new_caller("crm", &["crm".into()]).unwrap();
+        std::fs::write(&path, &wrong.entry).unwrap();
+        let err = from_toml("", &vars).unwrap_err();
+        assert_eq!(err.key, "WECOM_CALLERS_FILE");
+        assert!(
+            err.problem.contains("callers[0].apps") && err.problem.contains("crm"),
+            "{err}"
+        );
+        let missing = [
+            ONE_APP[0],
+            ONE_APP[1],
+            ("WECOM_CALLERS_FILE", "/nonexistent/callers"),
+        ];
+        assert_eq!(key_of("", &missing), "WECOM_CALLERS_FILE");
+    }
+
+    #[test]
+    fn the_printed_tls_and_auth_load_back_and_list_the_callers() {
+        let dir = temp_dir("print-security");
+        let (cert, key) = cert_files(&dir);
+        let callers = dir.join("callers.toml");
+        let new = crate::auth::new_caller("shop", &["*".into()]).unwrap();
+        std::fs::write(&callers, &new.entry).unwrap();
+        let text = format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nhandshake_timeout_ms = 1500\n\
+             [auth]\ncallers_file = \"{}\"\nopen_reflection = false\n",
+            cert.display(),
+            key.display(),
+            callers.display()
+        );
+        let first = from_toml(&text, ONE_APP).unwrap();
+        let printed = first.to_toml();
+        let second = from_toml(&printed, ONE_APP).unwrap();
+        assert_eq!(second.to_toml(), printed, "printing is stable");
+        assert!(printed.contains("handshake_timeout_ms = 1500"), "{printed}");
+        assert!(printed.contains("open_reflection = false"), "{printed}");
+        assert!(
+            printed.contains("#   shop: every app (with a bearer token)"),
+            "{printed}"
+        );
+        let digest = new.entry.split('"').nth(5).unwrap();
+        assert!(!printed.contains(digest), "{printed}");
+    }
+
+    #[test]
+    fn the_sandbox_listens_on_loopback_unless_told_otherwise() {
+        let demo = sandbox("http://127.0.0.1:1");
+        let s = Settings::load_for_sandbox(None, &env(&[]), &demo).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(s.admin_listen, "127.0.0.1:9464".parse().unwrap());
+        let dir = temp_dir("sandbox-listen");
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:7000\"\n").unwrap();
+        let s = Settings::load_for_sandbox(Some(&path), &env(&[]), &demo).unwrap();
+        assert_eq!(
+            s.listen,
+            "0.0.0.0:7000".parse().unwrap(),
+            "an address given is kept"
+        );
+        assert_eq!(s.admin_listen, "127.0.0.1:9464".parse().unwrap());
+    }
+
+    #[test]
+    fn listening_beyond_loopback_without_tls_or_callers_is_flagged() {
+        let mut s = from_toml("", ONE_APP).unwrap();
+        let warning = crate::config::is_exposed(&s).unwrap();
+        assert!(
+            warning.contains("neither TLS nor caller authentication"),
+            "{warning}"
+        );
+        assert!(
+            s.to_toml()
+                .contains("# WARNING: the gRPC port 0.0.0.0:50051")
+        );
+        s.listen = "127.0.0.1:50051".parse().unwrap();
+        assert_eq!(crate::config::is_exposed(&s), None);
+    }
 }

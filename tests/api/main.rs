@@ -2,10 +2,12 @@
 //! tonic client, against the sandbox or a scripted fake upstream.
 
 mod audit;
+mod auth;
 mod errors;
 mod helpers;
 mod http;
 mod lifecycle;
+mod tls;
 mod token;
 mod upgrade;
 mod validation;
