@@ -160,6 +160,11 @@ impl Callers {
         })
     }
 
+    /// Whether any caller is named by client certificates.
+    pub(crate) fn named_by_certificates(&self) -> bool {
+        self.entries.iter().any(|entry| !entry.cert_sans.is_empty())
+    }
+
     /// Each caller with what it may use and how it proves who it is, one line each,
     /// for `check-config`: no token digest (not a secret, but nobody needs to read it).
     pub fn describe(&self) -> Vec<String> {

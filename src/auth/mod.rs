@@ -145,7 +145,8 @@ impl Access {
                 .map(|entry| Caller::known(entry, Proof::Token))
                 .ok_or(AuthError::UnknownToken);
         }
-        let Some(certificate) = certificate else {
+        // A certificate counts only where some caller is named by one.
+        let Some(certificate) = certificate.filter(|_| callers.named_by_certificates()) else {
             return Err(AuthError::Missing);
         };
         let names = certificate_names(certificate);

@@ -11,7 +11,7 @@ use crate::{auth::AuthError, domain::FieldViolation, wecom};
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CallError {
     /// The caller did not prove who it is (caller authentication is on).
-    #[error("unauthenticated: {0}")]
+    #[error("unauthenticated")]
     Unauthenticated(#[from] AuthError),
     /// The caller may not use the app it asked for (or the default app).
     #[error("caller `{caller}` may not use app `{app}`")]
