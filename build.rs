@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Undecodable requests are the caller's fault, not INTERNAL.
+        .codec_path("crate::grpc::codec::GatewayCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -225,27 +225,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}/cgi-bin/kf/customer/upgrade_service?access_token={token}",
         args.sandbox
     );
-    let direct = measure_cpu(args.pid, "direct", args.concurrency, duration, move |worker| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let body = serde_json::json!({
-                "open_kfid": "kfbench", "external_userid": customer(worker),
-                "type": 1, "member": {"userid": "zhangsan", "wording": "bench"},
-            });
-            let request = http
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-            let Ok(response) = request.send().await else {
-                return false;
-            };
-            let Ok(bytes) = response.bytes().await else {
-                return false;
-            };
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .is_ok_and(|answer| answer["errcode"] == 0)
-        }
-    })
+    let direct = measure_cpu(
+        args.pid,
+        "direct",
+        args.concurrency,
+        duration,
+        move |worker| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let body = serde_json::json!({
+                    "open_kfid": "kfbench", "external_userid": customer(worker),
+                    "type": 1, "member": {"userid": "zhangsan", "wording": "bench"},
+                });
+                let request = http
+                    .post(&url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string());
+                let Ok(response) = request.send().await else {
+                    return false;
+                };
+                let Ok(bytes) = response.bytes().await else {
+                    return false;
+                };
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .is_ok_and(|answer| answer["errcode"] == 0)
+            }
+        },
+    )
     .await;
 
     // gateway: the same operation through gRPC.
@@ -266,27 +272,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(token) => Some(format!("Bearer {token}").parse()?),
         None => None,
     };
-    let gateway = measure_cpu(args.pid, "gateway", args.concurrency, duration, move |worker| {
-        let mut client = clients[worker % clients.len()].clone();
-        let bearer = bearer.clone();
-        async move {
-            let message = pb::UpgradeServiceRequest {
-                open_kfid: "kfbench".into(),
-                external_userid: customer(worker),
-                target: Some(pb::upgrade_service_request::Target::Member(
-                    pb::MemberTarget {
-                        userid: "zhangsan".into(),
-                        wording: "bench".into(),
-                    },
-                )),
-            };
-            let mut request = tonic::Request::new(message);
-            if let Some(bearer) = bearer {
-                request.metadata_mut().insert("authorization", bearer);
+    let gateway = measure_cpu(
+        args.pid,
+        "gateway",
+        args.concurrency,
+        duration,
+        move |worker| {
+            let mut client = clients[worker % clients.len()].clone();
+            let bearer = bearer.clone();
+            async move {
+                let message = pb::UpgradeServiceRequest {
+                    open_kfid: "kfbench".into(),
+                    external_userid: customer(worker),
+                    target: Some(pb::upgrade_service_request::Target::Member(
+                        pb::MemberTarget {
+                            userid: "zhangsan".into(),
+                            wording: "bench".into(),
+                        },
+                    )),
+                };
+                let mut request = tonic::Request::new(message);
+                if let Some(bearer) = bearer {
+                    request.metadata_mut().insert("authorization", bearer);
+                }
+                client.upgrade_service(request).await.is_ok()
             }
-            client.upgrade_service(request).await.is_ok()
-        }
-    })
+        },
+    )
     .await;
 
     println!(

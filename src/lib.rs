@@ -12,6 +12,8 @@
 //! - [`wecom`]: the WeCom adapter, free of the configuration: HTTP transport, one token
 //!   refresher per app, errcodes, JSON types.
 //! - [`sandbox`]: a WeCom simulator for the demo, local development and the tests.
+//! - `listener`: the gRPC port's hardened accept loop: connection cap, handshake
+//!   timeout, accept errors backed off.
 //! - [`startup`]: binds the listeners, serves gRPC and admin HTTP, drains on shutdown.
 //! - [`signal`]: SIGTERM and SIGINT: the first drains, a second exits at once.
 //! - [`telemetry`]: structured logging to any writer; error cause chains.
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+mod listener;
 mod reload;
 pub mod sandbox;
 pub mod signal;

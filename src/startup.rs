@@ -2,31 +2,27 @@
 
 use std::{
     future::Future,
-    io,
     net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{Router, http::StatusCode, routing::get};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::server::TlsStream;
-use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio::net::TcpListener;
 use tonic::{
     service::{Routes, interceptor::InterceptedService},
-    transport::{Server, server::TcpIncoming},
+    transport::Server,
 };
 use tonic_health::ServingStatus;
 
 use crate::{
     auth::Access,
     config::{Settings, is_cleartext_remote, is_exposed},
-    grpc::{self, CustomerUpgradeServiceServer, UpgradeGateway, pb},
+    grpc::{self, CallLimits, CustomerUpgradeServiceServer, Cutoff, UpgradeGateway, pb},
+    listener::{Incoming, ListenerSettings},
     telemetry::redacted,
     tls::{TlsAcceptor, TlsError},
     wecom::Apps,
@@ -149,11 +145,19 @@ impl Application {
         health
             .set_serving::<CustomerUpgradeServiceServer<UpgradeGateway>>()
             .await;
+        let call_timeout = self.settings.upstream.call_timeout;
+        let limits = CallLimits {
+            call_timeout,
+            max_calls_in_flight: server_settings.max_calls_in_flight,
+        };
+        let (raise_cutoff, cutoff) = Cutoff::new();
         let gateway = Arc::new(UpgradeGateway::new(
             self.apps,
-            self.settings.upstream.call_timeout,
+            limits,
+            cutoff,
             self.access.clone(),
         ));
+        let in_flight = Arc::clone(&gateway);
         let service = InterceptedService::new(
             CustomerUpgradeServiceServer::from_arc(Arc::clone(&gateway))
                 .max_decoding_message_size(server_settings.max_decode_message_bytes),
@@ -204,19 +208,38 @@ impl Application {
                 server_settings.max_decode_message_bytes,
             ))
             .fallback(grpc::unknown_route);
+        let listener = ListenerSettings {
+            max_connections: server_settings.max_connections,
+            handshake_timeout: server_settings.handshake_timeout,
+        };
         let router = Server::builder()
             .accept_http1(true)
             .max_concurrent_streams(server_settings.max_concurrent_streams)
+            // A request that has not arrived whole by then is dropped; the call's
+            // WeCom work has its own bound inside.
+            .timeout(server_settings.request_read_timeout + call_timeout)
+            .http2_keepalive_interval(Some(server_settings.keepalive_interval))
+            .http2_keepalive_timeout(Some(server_settings.keepalive_timeout))
+            // h2 closes a connection whose peer resets more than 20 streams before
+            // they are accepted: callers cancelling on their deadline under load do
+            // exactly that. A few hundred lets them, and still stops a rapid-reset
+            // flood (CVE-2023-44487), as does the cap on streams the server itself
+            // resets, which tonic leaves unlimited unless set.
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
             .add_routes(Routes::from(routes));
         let stopped = async {
             let _ = grpc_stopped.await;
         };
-        let tcp = incoming(self.grpc);
         let mut server = match self.tls {
             Some(tls) => {
-                tokio::spawn(router.serve_with_incoming_shutdown(tls_incoming(tcp, tls), stopped))
+                let incoming = Incoming::tls(self.grpc, listener, tls);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
-            None => tokio::spawn(router.serve_with_incoming_shutdown(tcp, stopped)),
+            None => {
+                let incoming = Incoming::new(self.grpc, listener);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
         };
         let tls = match &self.settings.tls {
             Some(tls) if tls.client_ca_file.is_some() => "mutual",
@@ -252,15 +275,34 @@ impl Application {
         tokio::time::sleep(server_settings.drain_delay).await;
 
         let _ = stop_grpc.send(());
-        // tonic waits for every connection to close, without limit; bound it.
+        // tonic waits for every connection to close, without limit. Calls still
+        // waiting for WeCom near the end of the grace are cut off with a status of
+        // their own (and their audit event); what is left after the grace is closed.
         let grace = server_settings.shutdown_grace;
-        let result = match tokio::time::timeout(grace, &mut server).await {
-            Ok(Ok(result)) => result.map_err(StartupError::from),
-            Ok(Err(_)) => Err(StartupError::Stopped("the gRPC server task panicked")),
+        let answer_time = (grace / 10).clamp(CUTOFF_ANSWER_TIME.0, CUTOFF_ANSWER_TIME.1);
+        let before_cutoff = grace.saturating_sub(answer_time);
+        let finished = match tokio::time::timeout(before_cutoff, &mut server).await {
+            Ok(finished) => Some(finished),
             Err(_) => {
                 tracing::warn!(
+                    calls_in_flight = in_flight.calls_in_flight(),
                     shutdown_grace_ms = grace.as_millis() as u64,
-                    "in-flight calls did not finish within the shutdown grace; closing them"
+                    "the shutdown grace is running out: calls still waiting for WeCom end \
+                     with SHUTTING_DOWN"
+                );
+                let _ = raise_cutoff.send(true);
+                tokio::time::timeout(grace - before_cutoff, &mut server)
+                    .await
+                    .ok()
+            }
+        };
+        let result = match finished {
+            Some(Ok(result)) => result.map_err(StartupError::from),
+            Some(Err(_)) => Err(StartupError::Stopped("the gRPC server task panicked")),
+            None => {
+                tracing::warn!(
+                    shutdown_grace_ms = grace.as_millis() as u64,
+                    "connections still open after the shutdown grace; closing them"
                 );
                 server.abort();
                 Ok(())
@@ -278,55 +320,15 @@ impl Application {
     }
 }
 
-/// Accepted gRPC connections: no Nagle delay (HTTP/2 writes small frames, which
-/// Nagle would hold back until the peer's delayed ACK, some 40 ms), and TCP
-/// keepalive so that connections to vanished peers are noticed and closed.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)))
-}
-
-/// TLS connections over accepted TCP connections. Each handshake runs in a task of
-/// its own, bounded by the handshake timeout, so a slow or silent client never
-/// holds up the others; a failed one (a scanner, a plaintext client) is logged at
-/// debug and closed. When the server stops taking connections it drops the
-/// stream, and the accept task ends, closing the listener.
-fn tls_incoming(
-    mut tcp: TcpIncoming,
-    tls: Arc<TlsAcceptor>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    // Handshaken connections wait here until the server takes them; a few suffice.
-    let (ready, taken) = mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = ready.closed() => break,
-                accepted = tcp.next() => accepted,
-            };
-            let stream = match accepted {
-                Some(Ok(stream)) => stream,
-                // The server logs accept errors and goes on, as without TLS.
-                Some(Err(error)) => {
-                    let _ = ready.send(Err(error)).await;
-                    continue;
-                }
-                None => break,
-            };
-            let (ready, tls) = (ready.clone(), Arc::clone(&tls));
-            tokio::spawn(async move {
-                let peer = stream.peer_addr().ok();
-                match tls.accept(stream).await {
-                    Ok(stream) => {
-                        let _ = ready.send(Ok(stream)).await;
-                    }
-                    Err(error) => tracing::debug!(?peer, %error, "TLS handshake failed"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(taken)
-}
+/// Streams a peer may reset before the server accepts them, per connection.
+const MAX_PENDING_RESET_STREAMS: usize = 500;
+/// Streams the server may reset for protocol errors, per connection.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Time left between cutting off calls at the end of the shutdown grace and
+/// closing their connections, for the answers to be written: a tenth of the grace,
+/// within these bounds.
+const CUTOFF_ANSWER_TIME: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(1));
 
 /// `/healthz`: the process is alive. `/readyz`: it accepts work (not draining).
 /// Neither asks WeCom: an outage there must not take every replica out of service.

@@ -13,7 +13,6 @@ use std::{
     io,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -32,7 +31,6 @@ use crate::{config::TlsSettings, reload};
 #[derive(Debug)]
 pub struct TlsAcceptor {
     config: Arc<ArcSwap<ServerConfig>>,
-    handshake_timeout: Duration,
 }
 
 /// Which of the TLS files is at fault.
@@ -80,26 +78,14 @@ impl TlsAcceptor {
                 Ok(())
             },
         );
-        Ok(Self {
-            config,
-            handshake_timeout: settings.handshake_timeout,
-        })
+        Ok(Self { config })
     }
 
     /// The TLS handshake on an accepted connection, with the certificate current
-    /// now, within the handshake timeout.
+    /// now. The caller bounds it (`server.handshake_timeout_ms`).
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
-        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no TLS handshake within {} ms",
-                    self.handshake_timeout.as_millis()
-                ),
-            )),
-        }
+        acceptor.accept(tcp).await
     }
 }
 

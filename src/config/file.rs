@@ -9,7 +9,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigError, SecretOrigin, ServerSettings, Settings, TokenSettings, UpstreamSettings,
+    ConfigError, LimitSettings, SecretOrigin, ServerSettings, Settings, TokenSettings,
+    UpstreamSettings,
     validate::{is_cleartext_remote, is_exposed},
 };
 use crate::telemetry::redacted;
@@ -27,6 +28,7 @@ pub(super) struct FileSettings {
     pub(super) upstream: UpstreamSettings,
     pub(super) token: TokenSettings,
     pub(super) server: ServerSettings,
+    pub(super) limits: LimitSettings,
     pub(super) tls: FileTls,
     pub(super) auth: FileAuth,
 }
@@ -41,8 +43,6 @@ pub(super) struct FileTls {
     pub(super) key_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) client_ca_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) handshake_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) reload_interval_ms: Option<u64>,
 }
@@ -101,6 +101,7 @@ struct Rendered<'a> {
     upstream: &'a UpstreamSettings,
     token: &'a TokenSettings,
     server: &'a ServerSettings,
+    limits: &'a LimitSettings,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<FileTls>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -165,11 +166,11 @@ pub(super) fn render(settings: &Settings) -> String {
         upstream: &settings.upstream,
         token: &settings.token,
         server: &settings.server,
+        limits: &settings.limits,
         tls: settings.tls.as_ref().map(|tls| FileTls {
             cert_file: Some(tls.cert_file.clone()),
             key_file: Some(tls.key_file.clone()),
             client_ca_file: tls.client_ca_file.clone(),
-            handshake_timeout_ms: Some(millis(tls.handshake_timeout)),
             reload_interval_ms: Some(millis(tls.reload_interval)),
         }),
         auth: settings.auth.as_ref().map(|auth| FileAuth {

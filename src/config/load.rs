@@ -31,8 +31,7 @@ use crate::{
 /// sandbox's demo, on loopback only).
 const GRPC_PORT: u16 = 50051;
 const ADMIN_PORT: u16 = 9464;
-/// How long a TLS handshake may take, and how often changed files are noticed.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often changed TLS files and callers files are noticed.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The sandbox's demo app, which `serve --sandbox` puts in place of every app.
@@ -301,6 +300,7 @@ impl Plan {
             upstream: self.file.upstream,
             token: self.file.token,
             server: self.file.server,
+            limits: self.file.limits,
             tls: tls.as_ref().map(|(settings, _)| settings.clone()),
             auth,
         };
@@ -362,9 +362,6 @@ fn tls_settings(
         cert_file: cert.path,
         key_file: key.path,
         client_ca_file: client_ca.map(|ca| ca.path),
-        handshake_timeout: file
-            .handshake_timeout_ms
-            .map_or(HANDSHAKE_TIMEOUT, Duration::from_millis),
         reload_interval: file
             .reload_interval_ms
             .map_or(RELOAD_INTERVAL, Duration::from_millis),
@@ -901,7 +898,7 @@ mod tests {
             (Some(cert), Some(key))
         );
         assert_eq!(tls.client_ca_file, None);
-        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(tls.reload_interval, Duration::from_secs(10));
 
         let text = format!(
             "[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{cert}\"\n\
@@ -1016,7 +1013,7 @@ mod tests {
         let new = crate::auth::new_caller("shop", &["*".into()]).unwrap();
         std::fs::write(&callers, &new.entry).unwrap();
         let text = format!(
-            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nhandshake_timeout_ms = 1500\n\
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval_ms = 1500\n\
              [auth]\ncallers_file = \"{}\"\nopen_reflection = false\n",
             cert.display(),
             key.display(),
@@ -1026,7 +1023,7 @@ mod tests {
         let printed = first.to_toml();
         let second = from_toml(&printed, ONE_APP).unwrap();
         assert_eq!(second.to_toml(), printed, "printing is stable");
-        assert!(printed.contains("handshake_timeout_ms = 1500"), "{printed}");
+        assert!(printed.contains("reload_interval_ms = 1500"), "{printed}");
         assert!(printed.contains("open_reflection = false"), "{printed}");
         assert!(
             printed.contains("#   shop: every app (with a bearer token)"),

@@ -25,6 +25,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::SocketAddr,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,7 +43,7 @@ pub use validate::{is_cleartext_remote, is_exposed};
 use crate::{
     auth::Callers,
     telemetry::redacted,
-    wecom::{AdapterSettings, AppSpec, HttpSettings, Retry, TokenPolicy},
+    wecom::{AdapterSettings, AppSpec, HttpSettings, RateLimits, Retry, TokenPolicy, WindowLimits},
 };
 
 /// WeCom's production API base.
@@ -67,6 +68,8 @@ pub struct Settings {
     pub token: TokenSettings,
     /// How the gRPC server treats callers.
     pub server: ServerSettings,
+    /// WeCom's frequency limits, kept on the gateway's side.
+    pub limits: LimitSettings,
     /// TLS on the gRPC port; `None`: plaintext.
     pub tls: Option<TlsSettings>,
     /// Caller authentication; `None`: every caller may use every app.
@@ -131,6 +134,14 @@ pub struct UpstreamSettings {
     pub retry_backoff: Duration,
     /// Largest WeCom response body read, bytes; larger bodies fail the call.
     pub max_body_bytes: usize,
+    /// Most requests one app has in flight to WeCom; more wait for a turn within
+    /// their call's budget (`max_requests_per_app`).
+    pub max_requests_per_app: usize,
+    /// Most idle connections kept open to WeCom per host (`max_idle_connections`).
+    pub max_idle_connections: usize,
+    /// An idle connection to WeCom is closed after this long (`idle_timeout_ms`).
+    #[serde(rename = "idle_timeout_ms", with = "units::millis")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for UpstreamSettings {
@@ -142,6 +153,9 @@ impl Default for UpstreamSettings {
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
             max_body_bytes: 1 << 20,
+            max_requests_per_app: 64,
+            max_idle_connections: 16,
+            idle_timeout: Duration::from_millis(20_000),
         }
     }
 }
@@ -192,6 +206,28 @@ pub struct ServerSettings {
     /// Most calls in flight on one HTTP/2 connection; more wait for a free stream,
     /// so one connection cannot grow the gateway's memory without bound.
     pub max_concurrent_streams: u32,
+    /// Most calls of the service in flight at once, over every connection; more are
+    /// refused at once with UNAVAILABLE `OVERLOADED` (`max_calls_in_flight`).
+    pub max_calls_in_flight: usize,
+    /// Most connections open at once on the gRPC port; more wait in the listen
+    /// backlog (`max_connections`).
+    pub max_connections: usize,
+    /// A new connection must send its first bytes within this long, or it is
+    /// closed (`handshake_timeout_ms`).
+    #[serde(rename = "handshake_timeout_ms", with = "units::millis")]
+    pub handshake_timeout: Duration,
+    /// A request's headers and body must arrive within this long; the call's own
+    /// WeCom work has `upstream.call_timeout_ms` on top (`request_read_timeout_ms`).
+    #[serde(rename = "request_read_timeout_ms", with = "units::millis")]
+    pub request_read_timeout: Duration,
+    /// An HTTP/2 ping after this long without frames finds dead peers
+    /// (`keepalive_interval_ms`).
+    #[serde(rename = "keepalive_interval_ms", with = "units::millis")]
+    pub keepalive_interval: Duration,
+    /// A peer that does not answer the ping within this long is dropped
+    /// (`keepalive_timeout_ms`).
+    #[serde(rename = "keepalive_timeout_ms", with = "units::millis")]
+    pub keepalive_timeout: Duration,
     /// After SIGTERM, report NOT_SERVING this long before refusing new connections,
     /// so load balancers stop sending work first (`drain_delay_ms`).
     #[serde(rename = "drain_delay_ms", with = "units::millis")]
@@ -206,6 +242,12 @@ impl Default for ServerSettings {
         Self {
             max_decode_message_bytes: 64 * 1024,
             max_concurrent_streams: 200,
+            max_calls_in_flight: 2_000,
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_millis(10_000),
+            request_read_timeout: Duration::from_millis(10_000),
+            keepalive_interval: Duration::from_millis(60_000),
+            keepalive_timeout: Duration::from_millis(20_000),
             drain_delay: Duration::from_millis(2_000),
             shutdown_grace: Duration::from_millis(10_000),
         }
@@ -224,10 +266,8 @@ pub struct TlsSettings {
     /// PEM certificates of the CAs that sign client certificates: with it every
     /// client must present one (mTLS) (`client_ca_file`, `WECOM_TLS_CLIENT_CA_FILE`).
     pub client_ca_file: Option<PathBuf>,
-    /// A connection whose TLS handshake is not done by then is closed
-    /// (`handshake_timeout_ms`).
-    pub handshake_timeout: Duration,
-    /// How often the files are checked for a change (`reload_interval_ms`).
+    /// How often the files are checked for a change (`reload_interval_ms`). The
+    /// handshake itself is bounded by `server.handshake_timeout_ms`.
     pub reload_interval: Duration,
 }
 
@@ -247,6 +287,64 @@ pub struct AuthSettings {
     pub open_reflection: bool,
     /// How often the file is checked for a change (`reload_interval_ms`).
     pub reload_interval: Duration,
+}
+
+/// WeCom's frequency limits (访问频率限制), kept by the gateway so that callers get
+/// RESOURCE_EXHAUSTED with a retry delay instead of WeCom's 45009, which blocks the
+/// API for the corp for a minute or an hour (`[limits]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Calls per corp and per API in any minute; apps of one corp share them.
+    /// WeCom allows 10,000 (`corp_api_per_minute`).
+    pub corp_api_per_minute: u32,
+    /// The same in any hour; WeCom allows 150,000 (`corp_api_per_hour`).
+    pub corp_api_per_hour: u32,
+    /// Calls per API in any minute for the whole gateway, whatever the corp:
+    /// WeCom's per-IP limit (20,000; 40,000 for a 服务商's IP) for a gateway that
+    /// serves many corps from one egress address. Unset: no such limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_api_per_minute: Option<u32>,
+    /// The same in any hour (WeCom: 600,000; 1,200,000 for a 服务商). Unset: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_api_per_hour: Option<u32>,
+    /// Longest a call waits for a free slot, never past its deadline (`max_wait_ms`).
+    #[serde(rename = "max_wait_ms", with = "units::millis")]
+    pub max_wait: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            corp_api_per_minute: 9_500,
+            corp_api_per_hour: 142_500,
+            gateway_api_per_minute: None,
+            gateway_api_per_hour: None,
+            max_wait: Duration::from_millis(1_000),
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The adapter's view; `None` where a limit is zero (refused by validation).
+    fn rate_limits(&self) -> RateLimits {
+        let window = |minute: u32, hour: u32| WindowLimits {
+            per_minute: NonZeroU32::new(minute).unwrap_or(NonZeroU32::MAX),
+            per_hour: NonZeroU32::new(hour).unwrap_or(NonZeroU32::MAX),
+        };
+        let gateway = (self.gateway_api_per_minute.is_some()
+            || self.gateway_api_per_hour.is_some())
+        .then(|| {
+            window(
+                self.gateway_api_per_minute.unwrap_or(u32::MAX),
+                self.gateway_api_per_hour.unwrap_or(u32::MAX),
+            )
+        });
+        RateLimits {
+            per_corp: window(self.corp_api_per_minute, self.corp_api_per_hour),
+            per_gateway: gateway,
+        }
+    }
 }
 
 /// A configuration problem, with the key (file key or environment variable) at fault.
@@ -302,6 +400,8 @@ impl Settings {
                 connect_timeout: upstream.connect_timeout,
                 request_timeout: upstream.request_timeout,
                 max_body_bytes: upstream.max_body_bytes,
+                max_idle_connections: upstream.max_idle_connections,
+                idle_timeout: upstream.idle_timeout,
             },
             retry: Retry {
                 max_retries: upstream.max_retries,
@@ -314,6 +414,9 @@ impl Settings {
                 failure_backoff: token.failure_backoff,
                 failure_backoff_max: token.failure_backoff_max,
             },
+            rate_limits: self.limits.rate_limits(),
+            max_rate_wait: self.limits.max_wait,
+            max_requests_per_app: upstream.max_requests_per_app,
         };
         let apps = self
             .apps

@@ -93,7 +93,7 @@ const MAX_SECS: u64 = 86_400;
 
 /// Checks every numeric knob against its bounds, in the order of the file.
 pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
-    let (u, t, srv) = (&s.upstream, &s.token, &s.server);
+    let (u, t, srv, lim) = (&s.upstream, &s.token, &s.server, &s.limits);
     let (tls, auth) = (s.tls.as_ref(), s.auth.as_ref());
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let secs = |d: Duration| d.as_secs();
@@ -122,6 +122,19 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
             1024,
             64 << 20,
         ),
+        (
+            "upstream.max_requests_per_app",
+            as_u64(u.max_requests_per_app),
+            1,
+            10_000,
+        ),
+        (
+            "upstream.max_idle_connections",
+            as_u64(u.max_idle_connections),
+            0,
+            10_000,
+        ),
+        ("upstream.idle_timeout_ms", ms(u.idle_timeout), 1, MAX_MS),
         (
             "token.refresh_ahead_secs",
             secs(t.refresh_ahead),
@@ -159,6 +172,42 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
             1,
             10_000,
         ),
+        (
+            "server.max_calls_in_flight",
+            as_u64(srv.max_calls_in_flight),
+            1,
+            1_000_000,
+        ),
+        (
+            "server.max_connections",
+            as_u64(srv.max_connections),
+            1,
+            1_000_000,
+        ),
+        (
+            "server.handshake_timeout_ms",
+            ms(srv.handshake_timeout),
+            1,
+            MAX_MS,
+        ),
+        (
+            "server.request_read_timeout_ms",
+            ms(srv.request_read_timeout),
+            1,
+            MAX_MS,
+        ),
+        (
+            "server.keepalive_interval_ms",
+            ms(srv.keepalive_interval),
+            1_000,
+            MAX_MS,
+        ),
+        (
+            "server.keepalive_timeout_ms",
+            ms(srv.keepalive_timeout),
+            1,
+            MAX_MS,
+        ),
         ("server.drain_delay_ms", ms(srv.drain_delay), 0, MAX_MS),
         (
             "server.shutdown_grace_ms",
@@ -166,23 +215,40 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
             0,
             MAX_MS,
         ),
+        (
+            "limits.corp_api_per_minute",
+            lim.corp_api_per_minute.into(),
+            1,
+            1_000_000,
+        ),
+        (
+            "limits.corp_api_per_hour",
+            lim.corp_api_per_hour.into(),
+            1,
+            100_000_000,
+        ),
+        (
+            "limits.gateway_api_per_minute",
+            lim.gateway_api_per_minute.map_or(1, u64::from),
+            1,
+            1_000_000,
+        ),
+        (
+            "limits.gateway_api_per_hour",
+            lim.gateway_api_per_hour.map_or(1, u64::from),
+            1,
+            100_000_000,
+        ),
+        ("limits.max_wait_ms", ms(lim.max_wait), 0, MAX_MS),
     ];
     // The knobs of TLS and caller authentication, when they are on.
-    let tls_knobs = tls.into_iter().flat_map(|tls| {
-        [
-            (
-                "tls.handshake_timeout_ms",
-                ms(tls.handshake_timeout),
-                1,
-                MAX_MS,
-            ),
-            (
-                "tls.reload_interval_ms",
-                ms(tls.reload_interval),
-                100,
-                MAX_MS,
-            ),
-        ]
+    let tls_knobs = tls.into_iter().map(|tls| {
+        (
+            "tls.reload_interval_ms",
+            ms(tls.reload_interval),
+            100,
+            MAX_MS,
+        )
     });
     let auth_knobs = auth.into_iter().map(|auth| {
         (

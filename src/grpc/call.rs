@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::sync::watch;
 use tonic::{
     Code, Extensions, Request, Status,
     metadata::MetadataMap,
@@ -87,6 +88,27 @@ pub fn admit(
                 tracing::debug!(reason = failure.reason, peer = ?peer.addr, "call refused");
                 Err(failure.status)
             }
+        }
+    }
+}
+
+/// Raised when the shutdown grace is running out: calls still waiting for WeCom
+/// end at once with SHUTTING_DOWN, so each gets a real status and its audit event
+/// before the server closes its connections.
+#[derive(Debug, Clone)]
+pub struct Cutoff(watch::Receiver<bool>);
+
+impl Cutoff {
+    /// A cutoff, and the sender that raises it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (raise, cutoff) = watch::channel(false);
+        (raise, Self(cutoff))
+    }
+
+    /// Completes once the cutoff is raised; never if its sender is dropped unraised.
+    async fn reached(mut self) {
+        if self.0.wait_for(|raised| *raised).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -177,19 +199,29 @@ impl Call {
     }
 
     /// Runs the WeCom work within the time left: `limit` (the gateway's call
-    /// timeout) or the caller's deadline less the headroom, whichever is sooner.
-    pub(super) async fn within<T>(
+    /// timeout) or the caller's deadline less the headroom, whichever is sooner,
+    /// and no later than the shutdown's `cutoff`. The work is told its deadline.
+    pub(super) async fn within<T, F>(
         &self,
         limit: Duration,
-        work: impl Future<Output = Result<T, wecom::Error>>,
-    ) -> Result<T, Failure> {
+        cutoff: &Cutoff,
+        work: impl FnOnce(Instant) -> F,
+    ) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<T, wecom::Failed>>,
+    {
         let caller = self.caller_budget();
         let budget = caller.map_or(limit, |c| c.min(limit));
         if budget.is_zero() {
             // No time left: starting the call would only send WeCom work nobody awaits.
             return Err(CallError::DeadlineExceeded { waited: budget }.into());
         }
-        match tokio::time::timeout(budget, work).await {
+        let work = tokio::time::timeout(budget, work(Instant::now() + budget));
+        let result = tokio::select! {
+            result = work => result,
+            () = cutoff.clone().reached() => return Err(CallError::ShuttingDown.into()),
+        };
+        match result {
             Ok(result) => Ok(result?),
             Err(_) if caller.is_some_and(|c| c <= limit) => {
                 Err(CallError::DeadlineExceeded { waited: budget }.into())

@@ -68,9 +68,18 @@ pub(crate) enum CallError {
         /// The configured timeout.
         timeout: Duration,
     },
+    /// More calls are in flight than `server.max_calls_in_flight`; refused at once.
+    #[error("{limit} calls are already in flight (server.max_calls_in_flight)")]
+    Overloaded {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The gateway's shutdown grace ran out before WeCom answered.
+    #[error("the gateway shut down before WeCom answered")]
+    ShuttingDown,
     /// The adapter failed.
     #[error(transparent)]
-    WeCom(#[from] wecom::Error),
+    WeCom(#[from] wecom::Failed),
 }
 
 /// `field problem; field problem`.
@@ -86,8 +95,21 @@ impl CallError {
     /// WeCom's errcode, when WeCom answered with one.
     pub(crate) fn errcode(&self) -> Option<i64> {
         match self {
-            CallError::WeCom(error) => error.errcode(),
+            CallError::WeCom(failed) => failed.error.errcode(),
             _ => None,
+        }
+    }
+
+    /// The operation may have taken effect at WeCom although the call failed: the
+    /// caller's deadline, the call timeout or the shutdown cut it short, or an
+    /// attempt of an upgrade or a cancel ended without an answer that says no.
+    pub(crate) fn may_have_taken_effect(&self) -> bool {
+        match self {
+            // With no time left at all, nothing was sent.
+            CallError::DeadlineExceeded { waited } => !waited.is_zero(),
+            CallError::CallTimeout { .. } | CallError::ShuttingDown => true,
+            CallError::WeCom(failed) => failed.may_have_taken_effect,
+            _ => false,
         }
     }
 }
@@ -122,8 +144,8 @@ impl From<CallError> for Failure {
     }
 }
 
-impl From<wecom::Error> for Failure {
-    fn from(error: wecom::Error) -> Self {
-        status::refuse(CallError::WeCom(error))
+impl From<wecom::Failed> for Failure {
+    fn from(failed: wecom::Failed) -> Self {
+        status::refuse(CallError::WeCom(failed))
     }
 }

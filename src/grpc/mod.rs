@@ -4,12 +4,14 @@
 //!   call WeCom within the call's budget → audit;
 //! - `call`: what the edge knows of a call besides its message (app, arrival,
 //!   budget, span), and the one place a call's outcome is logged;
+//! - [`codec`]: prost's codec, refusing undecodable requests as INVALID_ARGUMENT;
 //! - `convert`: proto → domain (validation) and back;
 //! - `http`: the same calls as HTTP/JSON on the gRPC port, through the same handlers;
 //! - `error`: what can go wrong at the edge, and who is at fault;
 //! - [`status`]: the one match from an error to its status.
 
 mod call;
+pub mod codec;
 mod convert;
 mod deadline;
 mod error;
@@ -17,9 +19,9 @@ mod http;
 mod service;
 pub mod status;
 
-pub use call::{admit, stamp_arrival};
+pub use call::{Cutoff, admit, stamp_arrival};
 pub(crate) use http::{routes as http_routes, unknown_route};
-pub use service::UpgradeGateway;
+pub use service::{CallLimits, UpgradeGateway};
 
 /// Code generated from `proto/wecom/kf/v1/upgrade.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

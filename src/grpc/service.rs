@@ -1,39 +1,80 @@
 //! `wecom.kf.v1.CustomerUpgradeService`: each handler is a straight line, from
 //! the request to its audit.
 
-use std::time::Duration;
+use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use super::{
-    call::Call,
+    call::{Call, Cutoff},
     error::{CallError, Failure},
     pb,
 };
 use crate::{
     auth::{Access, Caller},
     domain::{Customer, Upgrade, UpgradeTarget},
-    wecom::{AppClient, Apps},
+    wecom::{self, AppClient, Apps},
 };
+
+/// How the gateway bounds the calls it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// Longest a call's WeCom work may take, retries included.
+    pub call_timeout: Duration,
+    /// Most calls in flight at once; more are refused at once.
+    pub max_calls_in_flight: usize,
+}
 
 /// `wecom.kf.v1.CustomerUpgradeService` over the WeCom adapter.
 #[derive(Debug)]
 pub struct UpgradeGateway {
     apps: Apps,
-    call_timeout: Duration,
+    limits: CallLimits,
+    in_flight: Arc<Semaphore>,
+    cutoff: Cutoff,
     access: Access,
 }
 
 impl UpgradeGateway {
-    /// Serves the given apps to the callers `access` lets in; each RPC's upstream
-    /// work is bounded by `call_timeout`.
-    pub fn new(apps: Apps, call_timeout: Duration, access: Access) -> Self {
+    /// Serves the given apps within `limits` to the callers `access` lets in;
+    /// calls still waiting for WeCom when `cutoff` is raised end with SHUTTING_DOWN.
+    pub fn new(apps: Apps, limits: CallLimits, cutoff: Cutoff, access: Access) -> Self {
         Self {
             apps,
-            call_timeout,
+            in_flight: Arc::new(Semaphore::new(limits.max_calls_in_flight)),
+            limits,
+            cutoff,
             access,
         }
+    }
+
+    /// Calls in flight now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.limits.max_calls_in_flight - self.in_flight.available_permits()
+    }
+
+    /// One call's WeCom work: admitted under the in-flight limit (or refused at
+    /// once: queueing would only grow memory and latency), for the app the call
+    /// names, within its budget.
+    async fn run<'a, T, F>(
+        &'a self,
+        call: &Call,
+        work: impl FnOnce(&'a AppClient, Instant) -> F,
+    ) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<T, wecom::Failed>>,
+    {
+        let _admitted: OwnedSemaphorePermit = Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| CallError::Overloaded {
+                limit: self.limits.max_calls_in_flight,
+            })?;
+        let app = self.app(call)?;
+        let timeout = self.limits.call_timeout;
+        call.within(timeout, &self.cutoff, |deadline| work(app, deadline))
+            .await
     }
 
     /// Who may call.
@@ -79,9 +120,9 @@ impl UpgradeGateway {
         &self,
         call: &Call,
     ) -> Result<pb::GetUpgradeConfigResponse, Failure> {
-        let app = self.app(call)?;
-        let config = call
-            .within(self.call_timeout, app.get_upgrade_config())
+        call.caller()?;
+        let config = self
+            .run(call, |app, deadline| app.get_upgrade_config(deadline))
             .await?;
         Ok(config.into())
     }
@@ -94,13 +135,11 @@ impl UpgradeGateway {
         // Who is asking comes first: an unknown caller learns nothing of its request.
         let caller = call.caller()?;
         let upgrade = Upgrade::try_from(message).map_err(CallError::InvalidRequest)?;
-        let outcome = match self.app(call) {
-            Ok(app) => {
-                let work = app.upgrade_service(&upgrade);
-                call.within(self.call_timeout, work).await
-            }
-            Err(refused) => Err(refused.into()),
-        };
+        let outcome = self
+            .run(call, |app, deadline| {
+                app.upgrade_service(&upgrade, deadline)
+            })
+            .await;
         let (app, target) = (self.audited_app(call), Some(&upgrade.target));
         let event = Audit {
             action: "upgrade",
@@ -120,13 +159,11 @@ impl UpgradeGateway {
     ) -> Result<pb::CancelUpgradeResponse, Failure> {
         let caller = call.caller()?;
         let customer = Customer::try_from(message).map_err(CallError::InvalidRequest)?;
-        let outcome = match self.app(call) {
-            Ok(app) => {
-                let work = app.cancel_upgrade(&customer);
-                call.within(self.call_timeout, work).await
-            }
-            Err(refused) => Err(refused.into()),
-        };
+        let outcome = self
+            .run(call, |app, deadline| {
+                app.cancel_upgrade(&customer, deadline)
+            })
+            .await;
         let event = Audit {
             action: "cancel",
             caller,

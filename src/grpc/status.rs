@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::error::{CallError, Failure, Fault, summary};
-use crate::wecom::{Error, TransportKind, errcode};
+use crate::wecom::{Error, Failed, TransportKind, errcode};
 
 /// ErrorInfo domain of reasons that come from a WeCom errcode.
 pub const WECOM_DOMAIN: &str = "qyapi.weixin.qq.com";
@@ -23,6 +23,8 @@ pub const GATEWAY_DOMAIN: &str = "wecom-kf-upgrade";
 pub const RATE_LIMIT_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// How long a caller should wait after WeCom's concurrency limit (45033).
 pub const CONCURRENCY_LIMIT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long a caller should wait after the gateway shed its call.
+pub const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// A status under construction: code, message, ErrorInfo, extras, and who is at fault.
 struct Refusal {
@@ -177,13 +179,35 @@ pub(crate) fn refuse(error: CallError) -> Failure {
                 timeout.as_millis()
             ),
         ),
-        CallError::WeCom(
-            wecom @ Error::Api {
-                endpoint,
-                errcode,
-                errmsg,
-            },
-        ) => {
+        CallError::Overloaded { limit } => Refusal::gateway(
+            Code::Unavailable,
+            "OVERLOADED",
+            // Like the rate limit, the load is the callers'; a warning per shed
+            // call would add to the overload. Sustained shedding shows in metrics.
+            Fault::Caller,
+            format!(
+                "the gateway has {limit} calls in flight, its limit; nothing was sent to WeCom: \
+                 retry after the RetryInfo delay, on another replica if there is one"
+            ),
+        )
+        .with("limit", limit)
+        .retry_after(OVERLOAD_RETRY_DELAY),
+        CallError::ShuttingDown => Refusal::gateway(
+            Code::Unavailable,
+            "SHUTTING_DOWN",
+            Fault::Operator,
+            "the gateway shut down before WeCom answered; the operation may or may not have \
+             taken effect: retry (upgrades and cancels are safe to repeat)",
+        ),
+        CallError::WeCom(Failed {
+            error:
+                wecom @ Error::Api {
+                    endpoint,
+                    errcode,
+                    errmsg,
+                },
+            ..
+        }) => {
             let mut refusal = from_errcode(*errcode, wecom.is_credential_rejection());
             refusal.message = format!("{} (WeCom {endpoint} errcode {errcode})", refusal.message);
             refusal
@@ -191,7 +215,10 @@ pub(crate) fn refuse(error: CallError) -> Failure {
                 .with("errmsg", errmsg)
                 .with("endpoint", endpoint)
         }
-        CallError::WeCom(wecom @ Error::HttpStatus { endpoint, status }) => {
+        CallError::WeCom(Failed {
+            error: wecom @ Error::HttpStatus { endpoint, status },
+            ..
+        }) => {
             let refusal = match status {
                 429 => Refusal::gateway(
                     Code::ResourceExhausted,
@@ -226,11 +253,35 @@ pub(crate) fn refuse(error: CallError) -> Failure {
                 .with("http_status", status)
                 .with("endpoint", endpoint)
         }
-        CallError::WeCom(Error::Transport { endpoint, kind, .. }) => {
+        CallError::WeCom(Failed {
+            error:
+                Error::Transport {
+                    endpoint,
+                    kind: TransportKind::OutOfResources,
+                    ..
+                },
+            ..
+        }) => Refusal::gateway(
+            Code::Unavailable,
+            "GATEWAY_OUT_OF_RESOURCES",
+            Fault::Operator,
+            format!(
+                "the gateway is out of file descriptors and could not open a connection to \
+                 WeCom {endpoint}; nothing was sent: retry later, on another replica if there \
+                 is one (the operator must raise the open-files limit)"
+            ),
+        )
+        .with("endpoint", endpoint),
+        CallError::WeCom(Failed {
+            error: Error::Transport { endpoint, kind, .. },
+            ..
+        }) => {
             let (reason, what) = match kind {
                 TransportKind::Timeout => ("UPSTREAM_TIMEOUT", "did not answer in time"),
                 TransportKind::Connect => ("UPSTREAM_UNREACHABLE", "could not be reached"),
-                TransportKind::Other => ("UPSTREAM_CONNECTION_FAILED", "connection failed"),
+                TransportKind::Other | TransportKind::OutOfResources => {
+                    ("UPSTREAM_CONNECTION_FAILED", "connection failed")
+                }
             };
             Refusal::gateway(
                 Code::Unavailable,
@@ -240,7 +291,10 @@ pub(crate) fn refuse(error: CallError) -> Failure {
             )
             .with("endpoint", endpoint)
         }
-        CallError::WeCom(Error::MalformedBody { endpoint, .. }) => Refusal::gateway(
+        CallError::WeCom(Failed {
+            error: Error::MalformedBody { endpoint, .. },
+            ..
+        }) => Refusal::gateway(
             Code::Internal,
             "UPSTREAM_MALFORMED_BODY",
             Fault::WeCom,
@@ -250,7 +304,10 @@ pub(crate) fn refuse(error: CallError) -> Failure {
             ),
         )
         .with("endpoint", endpoint),
-        CallError::WeCom(Error::BodyTooLarge { endpoint, limit }) => Refusal::gateway(
+        CallError::WeCom(Failed {
+            error: Error::BodyTooLarge { endpoint, limit },
+            ..
+        }) => Refusal::gateway(
             Code::Internal,
             "UPSTREAM_BODY_TOO_LARGE",
             Fault::Operator,
@@ -260,7 +317,31 @@ pub(crate) fn refuse(error: CallError) -> Failure {
         )
         .with("endpoint", endpoint)
         .with("limit_bytes", limit),
+        CallError::WeCom(Failed {
+            error:
+                Error::RateLimited {
+                    endpoint,
+                    window,
+                    retry_after,
+                },
+            ..
+        }) => Refusal::gateway(
+            Code::ResourceExhausted,
+            "GATEWAY_RATE_LIMITED",
+            Fault::Caller,
+            format!(
+                "the gateway's {window} limit for WeCom {endpoint} is reached, kept so that \
+                 WeCom does not block the API (45009); nothing was sent: retry after the \
+                 RetryInfo delay"
+            ),
+        )
+        .with("endpoint", endpoint)
+        .with("window", window)
+        .retry_after(*retry_after),
     };
+    if error.may_have_taken_effect() {
+        refusal = refusal.with("may_have_taken_effect", "true");
+    }
     let metadata = std::mem::take(&mut refusal.metadata);
     refusal
         .details
@@ -424,11 +505,14 @@ mod tests {
     use crate::{domain::FieldViolation, wecom::Endpoint};
 
     fn api(endpoint: Endpoint, errcode: i64) -> Status {
-        refuse(CallError::WeCom(Error::Api {
-            endpoint,
-            errcode,
-            errmsg: "msg".into(),
-        }))
+        refuse(CallError::WeCom(
+            Error::Api {
+                endpoint,
+                errcode,
+                errmsg: "msg".into(),
+            }
+            .into(),
+        ))
         .status
     }
 
@@ -455,11 +539,14 @@ mod tests {
     #[test]
     fn each_failure_names_who_must_act() {
         let fault = |endpoint, errcode| {
-            refuse(CallError::WeCom(Error::Api {
-                endpoint,
-                errcode,
-                errmsg: String::new(),
-            }))
+            refuse(CallError::WeCom(
+                Error::Api {
+                    endpoint,
+                    errcode,
+                    errmsg: String::new(),
+                }
+                .into(),
+            ))
             .fault
         };
         assert_eq!(fault(Endpoint::UpgradeService, 95021), Fault::Caller);

@@ -40,11 +40,8 @@ fn decode_body<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T
             .ok_or_else(|| malformed(format!("errcode is not an integer: {code}")))?,
     };
     if errcode != 0 {
-        let errmsg = value
-            .get("errmsg")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let errmsg = value.get("errmsg").and_then(Value::as_str);
+        let errmsg = bounded_errmsg(errmsg.unwrap_or_default());
         return Err(Error::Api {
             endpoint,
             errcode,
@@ -52,6 +49,24 @@ fn decode_body<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T
         });
     }
     T::deserialize(value).map_err(|e| malformed(e.to_string()))
+}
+
+/// The longest errmsg kept, in bytes. WeCom's own run to about 200 (a hint, the
+/// caller's IP and a link to its errcode tool); an unbounded one would travel into
+/// the status message, the ErrorInfo trailer (grpc clients refuse trailers past a
+/// few KiB, and the errcode with them) and every log line.
+pub(crate) const MAX_ERRMSG_BYTES: usize = 512;
+
+/// `errmsg` cut to [`MAX_ERRMSG_BYTES`] on a character boundary, marked `…` when cut.
+fn bounded_errmsg(errmsg: &str) -> String {
+    if errmsg.len() <= MAX_ERRMSG_BYTES {
+        return errmsg.to_owned();
+    }
+    let mut end = MAX_ERRMSG_BYTES;
+    while !errmsg.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &errmsg[..end])
 }
 
 /// Serializes a request body. These borrowed-string structs cannot fail to
@@ -217,6 +232,27 @@ mod tests {
             Err(Error::MalformedBody { problem, .. }) => problem,
             other => panic!("expected MalformedBody, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_huge_errmsg_is_cut_and_the_errcode_kept() {
+        let errmsg = "系".repeat(400_000);
+        let body = json!({"errcode": 95021, "errmsg": errmsg}).to_string();
+        match decode_body::<EmptyAnswer>(Endpoint::UpgradeService, body.as_bytes()) {
+            Err(Error::Api {
+                errcode, errmsg, ..
+            }) => {
+                assert_eq!(errcode, 95021);
+                assert!(
+                    errmsg.len() <= MAX_ERRMSG_BYTES + "…".len(),
+                    "{}",
+                    errmsg.len()
+                );
+                assert!(errmsg.ends_with('…') && errmsg.starts_with("系系"));
+            }
+            other => panic!("expected Api, got {other:?}"),
+        }
+        assert_eq!(bounded_errmsg("short"), "short");
     }
 
     #[test]

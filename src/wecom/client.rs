@@ -1,14 +1,21 @@
 //! The three 升级服务 calls for one app, and the registry of apps.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 use url::Url;
 
 use super::{
-    Endpoint, Error, GetToken, HttpSettings, Retry, TokenCache, TokenPolicy,
+    Endpoint, Error, Failed, GetToken, HttpSettings, Retry, TokenCache, TokenPolicy,
     api::{self, CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
+    limit::{LocalBudgets, RateBudget, RateLimits},
     transport::{Call, Transport},
 };
 use crate::{
@@ -48,6 +55,13 @@ pub struct AdapterSettings {
     pub retry: Retry,
     /// How tokens are kept and failed fetches held.
     pub tokens: TokenPolicy,
+    /// WeCom's frequency limits, kept on the gateway's side.
+    pub rate_limits: RateLimits,
+    /// Longest a request waits for a slot of those limits (never past the
+    /// call's deadline); past it the call is refused.
+    pub max_rate_wait: Duration,
+    /// Most requests one app has in flight to WeCom; more wait for a turn.
+    pub max_requests_per_app: usize,
 }
 
 /// One configured WeCom app: its token cache and its calls.
@@ -57,6 +71,10 @@ pub struct AppClient {
     transport: Transport,
     tokens: TokenCache,
     retry: Retry,
+    budget: Arc<dyn RateBudget>,
+    max_rate_wait: Duration,
+    /// Turns to have a request in flight to WeCom.
+    turns: Semaphore,
 }
 
 impl AppClient {
@@ -65,54 +83,64 @@ impl AppClient {
         &self.name
     }
 
-    /// 获取配置的专员与客户群.
-    pub async fn get_upgrade_config(&self) -> Result<UpgradeConfig, Error> {
-        let answer: UpgradeConfigAnswer = self.call(Endpoint::GetUpgradeConfig, None).await?;
+    /// 获取配置的专员与客户群. `deadline`: when the caller stops waiting.
+    pub async fn get_upgrade_config(&self, deadline: Instant) -> Result<UpgradeConfig, Failed> {
+        let endpoint = Endpoint::GetUpgradeConfig;
+        let answer: UpgradeConfigAnswer = self.call(endpoint, None, deadline).await?;
         Ok(answer.into())
     }
 
     /// 为客户升级为专员或客户群服务.
-    pub async fn upgrade_service(&self, upgrade: &Upgrade) -> Result<(), Error> {
+    pub async fn upgrade_service(
+        &self,
+        upgrade: &Upgrade,
+        deadline: Instant,
+    ) -> Result<(), Failed> {
         let body = api::encode(&UpgradeBody::from(upgrade));
-        let _: EmptyAnswer = self.call(Endpoint::UpgradeService, Some(&body)).await?;
+        let endpoint = Endpoint::UpgradeService;
+        let _: EmptyAnswer = self.call(endpoint, Some(&body), deadline).await?;
         Ok(())
     }
 
     /// 为客户取消推荐.
-    pub async fn cancel_upgrade(&self, customer: &Customer) -> Result<(), Error> {
+    pub async fn cancel_upgrade(
+        &self,
+        customer: &Customer,
+        deadline: Instant,
+    ) -> Result<(), Failed> {
         let body = api::encode(&CancelBody::from(customer));
-        let _: EmptyAnswer = self.call(Endpoint::CancelUpgrade, Some(&body)).await?;
+        let endpoint = Endpoint::CancelUpgrade;
+        let _: EmptyAnswer = self.call(endpoint, Some(&body), deadline).await?;
         Ok(())
     }
 
     /// One business call with WeCom's retry rules: after a token error, one retry
     /// with a fresh token; after a transient error, up to `max_retries` retries with
-    /// jittered backoff. The caller bounds the whole loop in time.
+    /// jittered backoff. Every attempt spends a slot of the rate limits first. The
+    /// caller bounds the whole loop in time.
     async fn call<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         body: Option<&[u8]>,
-    ) -> Result<T, Error> {
+        deadline: Instant,
+    ) -> Result<T, Failed> {
         let mut token = self.tokens.get().await?;
         let mut refreshed = false;
         let mut retries = 0;
+        let mut may_have_taken_effect = false;
         loop {
-            let query = [("access_token", token.expose())];
-            let sent = self
-                .transport
-                .send(Call {
-                    endpoint,
-                    query: &query,
-                    body,
-                })
-                .await;
-            let error = match sent.and_then(|reply| api::decode(endpoint, reply)) {
+            let error = match self.attempt(endpoint, &token, body, deadline).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
+            may_have_taken_effect |= endpoint.changes_state() && error.may_have_been_applied();
+            let failed = |error| Failed {
+                error,
+                may_have_taken_effect,
+            };
             if error.is_stale_token() && !refreshed {
                 refreshed = true;
-                token = self.tokens.replace(&token).await?;
+                token = self.tokens.replace(&token).await.map_err(failed)?;
                 tracing::debug!(app = %self.name, %endpoint, errcode = error.errcode(), "retrying with a fresh token");
                 continue;
             }
@@ -120,7 +148,47 @@ impl AppClient {
             if self.retry.pause_before(retries, &error).await {
                 continue;
             }
-            return Err(error);
+            return Err(failed(error));
+        }
+    }
+
+    /// One request: a slot of the rate limits, a turn among the app's requests in
+    /// flight, then the exchange.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        token: &super::AccessToken,
+        body: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<T, Error> {
+        self.wait_for_slot(endpoint, deadline).await?;
+        // The semaphore is never closed, so acquiring only waits.
+        let _turn = self.turns.acquire().await;
+        let query = [("access_token", token.expose())];
+        let call = Call {
+            endpoint,
+            query: &query,
+            body,
+        };
+        api::decode(endpoint, self.transport.send(call).await?)
+    }
+
+    /// Spends a slot of the rate limits, waiting for one while the wait is within
+    /// `max_rate_wait` and ends before `deadline`.
+    async fn wait_for_slot(&self, endpoint: Endpoint, deadline: Instant) -> Result<(), Error> {
+        loop {
+            let Err(full) = self.budget.try_spend(endpoint).await else {
+                return Ok(());
+            };
+            let wait = full.retry_after.max(Duration::from_millis(1));
+            if wait > self.max_rate_wait || Instant::now() + wait > deadline {
+                return Err(Error::RateLimited {
+                    endpoint,
+                    window: full.window,
+                    retry_after: full.retry_after,
+                });
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -141,11 +209,13 @@ impl Apps {
         default_app: String,
     ) -> Result<Self, reqwest::Error> {
         let http = Transport::client(&settings.http)?;
+        let mut budgets = LocalBudgets::new(settings.rate_limits.clone());
         let apps = specs
             .into_iter()
             .map(|spec| {
                 let transport =
                     Transport::new(http.clone(), &spec.api_base, settings.http.max_body_bytes);
+                let budget = Arc::new(budgets.for_corp(&spec.corp_id));
                 let source = GetToken::new(spec.corp_id, spec.secret, transport.clone());
                 let tokens = TokenCache::new(
                     spec.name.as_str(),
@@ -158,6 +228,9 @@ impl Apps {
                     transport,
                     tokens,
                     retry: settings.retry,
+                    budget,
+                    max_rate_wait: settings.max_rate_wait,
+                    turns: Semaphore::new(settings.max_requests_per_app),
                 };
                 (spec.name, client)
             })
@@ -195,6 +268,8 @@ mod tests {
                 connect_timeout: second,
                 request_timeout: second,
                 max_body_bytes: 1024,
+                max_idle_connections: 1,
+                idle_timeout: second,
             },
             retry: Retry {
                 max_retries: 0,
@@ -207,6 +282,15 @@ mod tests {
                 failure_backoff: second,
                 failure_backoff_max: second,
             },
+            rate_limits: RateLimits {
+                per_corp: crate::wecom::WindowLimits {
+                    per_minute: std::num::NonZeroU32::MIN,
+                    per_hour: std::num::NonZeroU32::MIN,
+                },
+                per_gateway: None,
+            },
+            max_rate_wait: second,
+            max_requests_per_app: 1,
         };
         let spec = || AppSpec {
             name: "shop".to_owned(),

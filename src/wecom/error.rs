@@ -1,7 +1,7 @@
 //! The one error type of the adapter. It keeps WeCom's errcode and errmsg, and
 //! never an access token, a secret or a URL with a query string.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, io, sync::Arc, time::Duration};
 
 use super::errcode;
 
@@ -30,6 +30,20 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The APIs whose calls WeCom's frequency limits count and the gateway limits.
+    pub const LIMITED: [Endpoint; 3] = [
+        Endpoint::GetUpgradeConfig,
+        Endpoint::UpgradeService,
+        Endpoint::CancelUpgrade,
+    ];
+
+    /// Whether a call changes state at WeCom (so a lost answer leaves it unknown).
+    pub const fn changes_state(self) -> bool {
+        matches!(self, Endpoint::UpgradeService | Endpoint::CancelUpgrade)
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.path())
@@ -45,6 +59,9 @@ pub enum TransportKind {
     Timeout,
     /// The connection broke, or anything else below HTTP.
     Other,
+    /// The gateway ran out of file descriptors (EMFILE, ENFILE): the fault is the
+    /// gateway's, not WeCom's.
+    OutOfResources,
 }
 
 /// The cause of a transport failure, shared by every caller that receives the error.
@@ -98,12 +115,57 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// The gateway's own rate limit (WeCom's frequency limits) has no slot before
+    /// the call's deadline or its longest wait; nothing was sent.
+    #[error("the gateway's {window} limit for WeCom {endpoint} is reached")]
+    RateLimited {
+        /// Which call.
+        endpoint: Endpoint,
+        /// Which window is full.
+        window: &'static str,
+        /// When a slot may free.
+        retry_after: Duration,
+    },
+}
+
+/// A business call that failed: its last error, and whether WeCom may have applied
+/// it all the same, because an attempt ended without an answer that says no.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    /// The last attempt's error.
+    pub error: Error,
+    /// An attempt of a call that changes state may have been applied.
+    pub may_have_taken_effect: bool,
+}
+
+impl From<Error> for Failed {
+    /// A failure before anything was sent that could take effect.
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            may_have_taken_effect: false,
+        }
+    }
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
 }
 
 impl Error {
     /// A failed HTTP exchange, without its URL.
     pub(crate) fn transport(endpoint: Endpoint, error: reqwest::Error) -> Self {
-        let kind = if error.is_timeout() {
+        let kind = if out_of_descriptors(&error) {
+            TransportKind::OutOfResources
+        } else if error.is_timeout() {
             TransportKind::Timeout
         } else if error.is_connect() {
             TransportKind::Connect
@@ -115,6 +177,20 @@ impl Error {
             kind,
             // reqwest's Display names the URL, query and all; its sources do not.
             cause: Arc::new(error.without_url()),
+        }
+    }
+
+    /// The request may have reached WeCom and been applied although no answer
+    /// says so: the connection broke or timed out after it was sent, a proxy
+    /// answered 5xx, or WeCom's HTTP 200 could not be read.
+    pub fn may_have_been_applied(&self) -> bool {
+        match self {
+            Error::Transport { kind, .. } => {
+                matches!(kind, TransportKind::Timeout | TransportKind::Other)
+            }
+            Error::HttpStatus { status, .. } => *status >= 500 || *status == 408,
+            Error::MalformedBody { .. } | Error::BodyTooLarge { .. } => true,
+            Error::Api { .. } | Error::RateLimited { .. } => false,
         }
     }
 
@@ -146,8 +222,22 @@ impl Error {
             // 5xx, and 408 (the proxy gave up waiting for us); not 429, which asks
             // for less traffic, not more.
             Error::HttpStatus { status, .. } => *status >= 500 || *status == 408,
-            Error::Transport { .. } => true,
+            Error::Transport { kind, .. } => *kind != TransportKind::OutOfResources,
             Error::MalformedBody { .. } | Error::BodyTooLarge { .. } => false,
+            Error::RateLimited { .. } => false,
         }
     }
+}
+
+/// Whether the error's cause is the process running out of file descriptors.
+fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let io = error.downcast_ref::<io::Error>();
+        if io.is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }

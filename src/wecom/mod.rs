@@ -10,12 +10,14 @@ mod api;
 mod client;
 pub(crate) mod errcode;
 mod error;
+mod limit;
 mod retry;
 mod token;
 mod transport;
 
 pub use client::{AdapterSettings, AppClient, AppSpec, Apps};
-pub use error::{Endpoint, Error, TransportCause, TransportKind};
+pub use error::{Endpoint, Error, Failed, TransportCause, TransportKind};
+pub use limit::{NoSlot, RateBudget, RateLimits, WindowLimits};
 pub use retry::Retry;
 pub(crate) use token::GetToken;
 pub use token::{AccessToken, IssuedToken, TokenCache, TokenPolicy, TokenSource};

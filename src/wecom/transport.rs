@@ -18,6 +18,10 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Largest response body read; a larger one fails the call.
     pub max_body_bytes: usize,
+    /// Most idle connections kept per WeCom host; a burst's extra ones close.
+    pub max_idle_connections: usize,
+    /// An idle connection is closed after this long.
+    pub idle_timeout: Duration,
 }
 
 /// An HTTP client bound to one WeCom API base.
@@ -60,6 +64,8 @@ impl Transport {
         reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
+            .pool_max_idle_per_host(settings.max_idle_connections)
+            .pool_idle_timeout(settings.idle_timeout)
             // WeCom never redirects; following one would send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("wecom-kf-upgrade/", env!("CARGO_PKG_VERSION")))

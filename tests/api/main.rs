@@ -7,6 +7,7 @@ mod errors;
 mod helpers;
 mod http;
 mod lifecycle;
+mod reliability;
 mod tls;
 mod token;
 mod upgrade;

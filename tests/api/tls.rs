@@ -317,7 +317,7 @@ async fn a_broken_certificate_file_keeps_the_last_good_one() {
 async fn a_silent_connection_holds_up_nobody_and_is_closed() {
     let ca = Ca::new("server CA");
     let gateway = spawn_tls(server_files(&ca), false, "", |s| {
-        s.tls.as_mut().unwrap().handshake_timeout = Duration::from_millis(300);
+        s.server.handshake_timeout = Duration::from_millis(300);
     })
     .await;
     let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
