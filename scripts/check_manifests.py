@@ -2,14 +2,15 @@
 
 Usage:
   python3 scripts/check_manifests.py RENDER.yaml --label NAME --kinds Kind,Kind,...
-      [--secret VALUE]... [--sandbox] [--digest sha256:…]
+      [--secret VALUE]... [--sandbox] [--digest sha256:…] [--security tls,mtls,callers]
   python3 scripts/check_manifests.py RENDER.yaml --materialize DIR
   python3 scripts/check_manifests.py --chart-docs
 
 The first form prints one `ok - ...` / `not ok - ...` line per property (scripts/e2e.sh
 counts them) and exits non-zero if any failed. `--kinds` lists the kinds the render must
 hold, once per object; `--secret` names a secret value of the values file, which must
-appear in the chart's Secret and nowhere else.
+appear in the chart's Secret and nowhere else; `--security` lists what the render turns on
+(TLS, client certificates, a callers file), and nothing else may be.
 
 The third form checks the chart's documentation: a `# --` comment on every value of
 values.yaml, and every value in the chart's README.
@@ -125,6 +126,20 @@ def check_probes(render, opts):
     if "--listen" in args:
         flag_port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
         assert flag_port == grpc_port, f"--listen port {flag_port}, container port is {grpc_port}"
+    env = {e["name"] for e in container.get("env", [])}
+    closed_health = render.config().get("auth", {}).get("open_health") is False
+    if "WECOM_TLS_CERT_FILE" in env or closed_health:
+        # The kubelet's gRPC probes speak neither TLS nor tokens: the admin port answers.
+        paths = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+        for kind, path in paths.items():
+            probe = container.get(kind)
+            assert probe, f"no {kind}"
+            handlers = {"grpc", "httpGet", "tcpSocket", "exec"} & probe.keys()
+            assert handlers == {"httpGet"}, f"{kind} uses {sorted(handlers)}, not an HTTP probe"
+            get = probe["httpGet"]
+            assert get["path"] == path, f"{kind} asks {get['path']}, not {path}"
+            assert get["port"] in ("admin", port_number(container, "admin")), f"{kind} asks port {get['port']}"
+        return "HTTP on the admin port (the gRPC port needs TLS or a token)"
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container.get(kind)
         assert probe, f"no {kind}"
@@ -214,6 +229,35 @@ def check_secrets(render, opts):
         if secret is not None and volume["secret"]["secretName"] == secret["metadata"]["name"]:
             assert item in secret.get("data", {}), f"{key}: the Secret has no key {item}"
     return f"{len(files)} secret file(s), {len(opts.secret)} value(s) only in the Secret"
+
+
+def check_security(render, opts):
+    """TLS files and the callers file: mounted Secrets (whole volumes, which the kubelet
+    updates, so renewals reach the gateway), named by their variables; only what was asked."""
+    spec = render.deployment()["spec"]["template"]["spec"]
+    container = render.gateway()
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    want = {part for part in opts.security.split(",") if part}
+    variables = {
+        "tls": ["WECOM_TLS_CERT_FILE", "WECOM_TLS_KEY_FILE"],
+        "mtls": ["WECOM_TLS_CLIENT_CA_FILE"],
+        "callers": ["WECOM_CALLERS_FILE"],
+    }
+    for part, names in variables.items():
+        for name in names:
+            if part not in want:
+                assert name not in env, f"{name} is set, but {part} was not asked for"
+                continue
+            assert name in env, f"{name} is not set"
+            volume, mount = volume_mount_for(spec, container, env[name])
+            assert volume and "secret" in volume, f"{name} {env[name]} is not in a mounted Secret"
+            assert mount.get("readOnly") and "subPath" not in mount, f"{name}: mounted writable or by subPath"
+            item = env[name][len(mount["mountPath"].rstrip("/")) + 1:]
+            items = [i["path"] for i in volume["secret"].get("items", [])]
+            assert not items or item in items, f"{name}: the volume does not hold {item}"
+    auth = render.config().get("auth")
+    assert (auth is not None) == ("callers" in want), f"config.toml [auth] is {auth}"
+    return ", ".join(sorted(want)) or "plaintext, every caller let in"
 
 
 def check_grace(render, opts):
@@ -382,14 +426,21 @@ def check_helm_test(render, opts):
     assert addr == f"{main['metadata']['name']}:{grpc['port']}", f"the test asks {addr}, not the Service"
     assert argv[argv.index("--service") + 1] == SERVICE, "the test asks about another service"
     assert pod["spec"]["restartPolicy"] == "Never"
+    env = {e["name"] for e in render.gateway().get("env", [])}
+    for flag, variable in (("--tls-ca-file", "WECOM_TLS_CERT_FILE"), ("--tls-cert-file", "WECOM_TLS_CLIENT_CA_FILE")):
+        assert (flag in argv) == (variable in env), f"the test's {flag} does not follow the gateway's {variable}"
+        if flag in argv:
+            volume, _ = volume_mount_for(pod["spec"], c, argv[argv.index(flag) + 1])
+            assert volume and "secret" in volume, f"the test's {flag} is not in a mounted Secret"
     return " ".join(argv)
 
 
 CHECKS = [
     ("objects", check_kinds),
-    ("native gRPC startup, readiness and liveness probes on the gRPC port", check_probes),
+    ("probes: native gRPC on the gRPC port, or HTTP on the admin port when gRPC needs TLS or a token", check_probes),
     ("pods meet the restricted Pod Security Standard, read-only root, resources set", check_restricted),
     ("secrets are mounted files, never in env, args or the ConfigMap", check_secrets),
+    ("TLS files and the callers file come from mounted Secret volumes, as asked", check_security),
     ("terminationGracePeriodSeconds exceeds drain delay + 2 x shutdown grace", check_grace),
     ("the image is appVersion, the crate version (or the digest it is pinned to)", check_image),
     ("Services: grpc port with appProtocol grpc, admin port, selecting only gateway pods", check_services),
@@ -512,6 +563,7 @@ def main():
     parser.add_argument("--secret", action="append", default=[])
     parser.add_argument("--sandbox", action="store_true")
     parser.add_argument("--digest", default="")
+    parser.add_argument("--security", default="")
     parser.add_argument("--materialize", metavar="DIR")
     opts = parser.parse_args()
     if opts.chart_docs:

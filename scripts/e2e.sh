@@ -74,13 +74,14 @@ pip_install() {
 #   published ports, which --no-install-recommends would leave out); debootstrap makes
 #   its base (no image can be pulled); unzip unpacks helm;
 # - Go with Debian's gRPC packages (GOPATH mode, no module downloads), protoc and
-#   its Go plugins; PHP with curl; curl.
+#   its Go plugins; PHP with curl; curl;
+# - openssl makes the certificates of the TLS and mTLS checks.
 APT_PACKAGES=(
     podman buildah runc iptables debootstrap unzip
     golang-go golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev
     golang-google-protobuf-dev golang-google-genproto-dev
     protobuf-compiler protoc-gen-go protoc-gen-go-grpc
-    php-cli php-curl curl
+    php-cli php-curl curl openssl
 )
 apt_missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -596,6 +597,218 @@ if ((soak_rc == 0)); then
 else
     not_ok "$SOAK_CHECK" "exit status $soak_rc; output:"$'\n'"$soak_out"
 fi
+
+# ---------------------------------------------------------------- TLS, mTLS and callers
+
+# A second gateway with TLS, client certificates (mTLS) and caller authentication,
+# configured as a Kubernetes Deployment would be: files named by WECOM_TLS_* and
+# WECOM_CALLERS_FILE. Certificates from openssl; the token from `caller add`.
+PKI="$TMP/pki"
+mkdir -p "$PKI"
+OPENSSL_LOG="$TMP/openssl.log"
+
+# make_ca NAME: a CA, $PKI/NAME.crt and $PKI/NAME.key.
+make_ca() {
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -days 2 \
+        -subj "/CN=e2e $1" -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign \
+        -keyout "$PKI/$1.key" -out "$PKI/$1.crt" >>"$OPENSSL_LOG" 2>&1
+}
+
+# issue NAME CA EXTENSIONS: a certificate signed by CA, $PKI/NAME.crt and .key.
+issue() {
+    printf '%b\n' "$3" >"$PKI/$1.ext"
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -subj "/CN=e2e $1" -keyout "$PKI/$1.key" -out "$PKI/$1.csr" >>"$OPENSSL_LOG" 2>&1 &&
+        openssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/$2.crt" -CAkey "$PKI/$2.key" \
+            -CAcreateserial -days 2 -extfile "$PKI/$1.ext" -out "$PKI/$1.crt" >>"$OPENSSL_LOG" 2>&1
+}
+
+SERVER_EXT='subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth'
+if make_ca server-ca && make_ca server-ca-2 && make_ca clients-ca && make_ca stranger-ca &&
+    issue server server-ca "$SERVER_EXT" &&
+    issue server-2 server-ca-2 "$SERVER_EXT" &&
+    issue billing clients-ca 'subjectAltName=DNS:billing.clients.example\nextendedKeyUsage=clientAuth' &&
+    issue stranger stranger-ca 'subjectAltName=DNS:billing.clients.example\nextendedKeyUsage=clientAuth'; then
+    ok "openssl made the CAs, the server and the client certificates"
+else
+    not_ok "openssl made the CAs, the server and the client certificates" "$(tail -n 20 "$OPENSSL_LOG")"
+fi
+# The gateway reads copies, so that a renewal can replace them as cert-manager does.
+mkdir -p "$TMP/tls-secret"
+cp "$PKI/server.crt" "$TMP/tls-secret/tls.crt"
+cp "$PKI/server.key" "$TMP/tls-secret/tls.key"
+cp "$PKI/clients-ca.crt" "$TMP/tls-secret/ca.crt"
+
+"$BIN" caller add e2e-shop --apps default >"$TMP/caller-add.out" 2>&1 || true
+CALLER_TOKEN="$(head -n 1 "$TMP/caller-add.out" | awk '{print $NF}')"
+run_check "caller add prints the token (last word of line 1), then an entry holding only its SHA-256" 0 "
+import hashlib
+first, entry = text.split(chr(10), 1)
+token = first.split()[-1]
+assert token.startswith('wku_') and len(token) == 68, first
+assert '[[callers]]' in entry and 'name = \"e2e-shop\"' in entry and 'apps = [\"default\"]' in entry, entry
+assert 'token_sha256 = \"' + hashlib.sha256(token.encode()).hexdigest() + '\"' in entry, entry
+assert token not in entry, entry
+" -- cat "$TMP/caller-add.out"
+tail -n +2 "$TMP/caller-add.out" >"$TMP/callers.toml"
+
+cat >"$TMP/secure.toml" <<TOML
+[[apps]]
+name = "default"
+corp_id = "wwe2e"
+secret = "replaced-by-the-sandbox"
+[[apps]]
+name = "crm"
+corp_id = "wwe2e"
+secret = "replaced-by-the-sandbox"
+[tls]
+reload_interval_ms = 200
+[auth]
+reload_interval_ms = 200
+TOML
+SECURE_ENV=(
+    WECOM_TLS_CERT_FILE="$TMP/tls-secret/tls.crt"
+    WECOM_TLS_KEY_FILE="$TMP/tls-secret/tls.key"
+    WECOM_TLS_CLIENT_CA_FILE="$TMP/tls-secret/ca.crt"
+    WECOM_CALLERS_FILE="$TMP/callers.toml"
+)
+
+run_check "check-config shows TLS, the callers and their apps, and no token" 0 "
+assert '[tls]' in text and 'client_ca_file = ' in text, text
+assert '#   e2e-shop: default (with a bearer token)' in text, text
+assert '$CALLER_TOKEN' not in text, text
+" -- env "${SECURE_ENV[@]}" timeout 10 "$BIN" check-config --config "$TMP/secure.toml"
+
+SECURE_LOG="$TMP/secure.log"
+echo "# starting a gateway with TLS, mTLS and callers on 127.0.0.1:$GRPC_PORT"
+env "${SECURE_ENV[@]}" RUST_LOG=debug "$BIN" serve --sandbox --config "$TMP/secure.toml" \
+    --listen "127.0.0.1:$GRPC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    </dev/null >"$TMP/secure.stdout" 2>"$SECURE_LOG" &
+SERVER_PID=$!
+SERVER_LOG="$SECURE_LOG"
+
+TLS_ADDR="localhost:$GRPC_PORT"
+CLIENT_TLS=(-cacert "$PKI/server-ca.crt" -cert "$PKI/billing.crt" -key "$PKI/billing.key")
+HEALTH_TLS=(--tls-ca-file "$PKI/server-ca.crt" --tls-cert-file "$PKI/billing.crt"
+    --tls-key-file "$PKI/billing.key")
+# grpcurl over TLS with the billing client certificate: tls_grpc [flags...] -- ARGS...
+tls_grpc() {
+    local flags=()
+    while (($#)) && [[ "$1" != "--" ]]; do
+        flags+=("$1")
+        shift
+    done
+    shift
+    timeout 20 grpcurl -max-time 10 "${flags[@]}" "$TLS_ADDR" "$@"
+}
+
+started=""
+for _ in $(seq 60); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    if timeout 5 "$BIN" health --addr "$TLS_ADDR" "${HEALTH_TLS[@]}" --timeout-ms 1000 >/dev/null 2>&1; then
+        started=1
+        break
+    fi
+    sleep 0.5
+done
+if [[ -n "$started" ]]; then
+    ok "the TLS gateway becomes SERVING (health --tls-ca-file --tls-cert-file --tls-key-file)"
+else
+    not_ok "the TLS gateway becomes SERVING (health --tls-ca-file --tls-cert-file --tls-key-file)"
+fi
+
+run_check "grpcurl over mTLS lists the services without a token (reflection is open)" 0 '
+assert "wecom.kf.v1.CustomerUpgradeService" in text.split(), text
+' -- tls_grpc "${CLIENT_TLS[@]}" -- list
+
+run_check "grpcurl over mTLS with a bearer token: GetUpgradeConfig succeeds" 0 '
+assert "zhangsan" in doc["memberRange"]["useridList"], doc
+' -- tls_grpc "${CLIENT_TLS[@]}" -H "authorization: Bearer $CALLER_TOKEN" -d '{}' \
+    -- "$SERVICE/GetUpgradeConfig"
+
+run_check "grpcurl over mTLS with a bearer token: UpgradeService succeeds" 0 '
+assert isinstance(doc, dict), text
+' -- tls_grpc "${CLIENT_TLS[@]}" -H "authorization: Bearer $CALLER_TOKEN" \
+    -d "{\"open_kfid\":\"$KFID\",\"external_userid\":\"wmE2Etls$$\",\"member\":{\"userid\":\"zhangsan\"}}" \
+    -- "$SERVICE/UpgradeService"
+
+# Unauthenticated (16) -> 80, PermissionDenied (7) -> 71.
+run_check "grpcurl without a token: Unauthenticated, MISSING_CREDENTIALS" 80 '
+infos = by_type("google.rpc.ErrorInfo")
+assert [i["reason"] for i in infos] == ["MISSING_CREDENTIALS"], details
+' -- tls_grpc "${CLIENT_TLS[@]}" -d '{}' -- "$SERVICE/GetUpgradeConfig"
+
+run_check "grpcurl with a token for another app: PermissionDenied, APP_NOT_ALLOWED" 71 '
+infos = by_type("google.rpc.ErrorInfo")
+assert [i["reason"] for i in infos] == ["APP_NOT_ALLOWED"], details
+assert infos[0]["metadata"]["allowed_apps"] == "default", infos
+' -- tls_grpc "${CLIENT_TLS[@]}" -H "authorization: Bearer $CALLER_TOKEN" -H 'x-wecom-app: crm' \
+    -d '{}' -- "$SERVICE/GetUpgradeConfig"
+
+run_check "grpcurl -plaintext to the TLS port fails" nonzero '' \
+    -- timeout 20 grpcurl -plaintext -max-time 5 "127.0.0.1:$GRPC_PORT" list
+run_check "grpcurl without a client certificate is refused (mTLS)" nonzero '' \
+    -- tls_grpc -cacert "$PKI/server-ca.crt" -- list
+run_check "grpcurl with a certificate from another CA is refused (mTLS)" nonzero '' \
+    -- tls_grpc -cacert "$PKI/server-ca.crt" -cert "$PKI/stranger.crt" -key "$PKI/stranger.key" -- list
+
+# GET /v1/upgrade-config over TLS with curl, with the token and then without.
+curl_with_and_without_token() {
+    local tls=(--cacert "$PKI/server-ca.crt" --cert "$PKI/billing.crt" --key "$PKI/billing.key")
+    timeout 15 curl -sS -i --http1.1 "${tls[@]}" -H "authorization: Bearer $CALLER_TOKEN" \
+        "https://$TLS_ADDR/v1/upgrade-config"
+    echo
+    timeout 15 curl -sS -i --http1.1 "${tls[@]}" "https://$TLS_ADDR/v1/upgrade-config"
+}
+if command -v curl >/dev/null 2>&1; then
+    run_check "HTTP/JSON over the same TLS port: 200 with the token, 401 and a Bearer challenge without" 0 '
+assert "HTTP/1.1 200" in text and "zhangsan" in text, text
+assert "HTTP/1.1 401" in text and "www-authenticate: bearer" in text.lower(), text
+' -- curl_with_and_without_token
+fi
+
+# cert-manager renews the certificate (here from another CA): new connections get the
+# new one without a restart.
+cp "$PKI/server-2.crt" "$TMP/tls-secret/.tls.crt.new"
+cp "$PKI/server-2.key" "$TMP/tls-secret/.tls.key.new"
+mv "$TMP/tls-secret/.tls.key.new" "$TMP/tls-secret/tls.key"
+mv "$TMP/tls-secret/.tls.crt.new" "$TMP/tls-secret/tls.crt"
+renewed=""
+for _ in $(seq 50); do
+    if tls_grpc -cacert "$PKI/server-ca-2.crt" -cert "$PKI/billing.crt" -key "$PKI/billing.key" \
+        -- list >/dev/null 2>&1; then
+        renewed=1
+        break
+    fi
+    sleep 0.2
+done
+if [[ -n "$renewed" ]]; then
+    ok "a replaced certificate is served to new connections without a restart"
+else
+    not_ok "a replaced certificate is served to new connections without a restart"
+fi
+
+run_check "the audit line names the caller, how it proved it, the app and the outcome" 0 "
+import json
+events = [json.loads(l) for l in text.splitlines() if l.startswith('{')]
+audits = [e for e in events if e.get('target') == 'audit']
+assert len(audits) == 1, audits
+a = audits[0]
+assert (a['caller'], a['auth'], a['app'], a['outcome']) == ('e2e-shop', 'token', 'default', 'Ok'), a
+assert a['external_userid'] == 'wmE2Etls$$' and a['recommended'] == 'member zhangsan', a
+" -- cat "$SECURE_LOG"
+
+if grep -qF -e "$CALLER_TOKEN" -e "sandbox-secret" "$SECURE_LOG" "$TMP/secure.stdout"; then
+    not_ok "the TLS gateway's debug log holds neither the caller token nor the secret"
+else
+    ok "the TLS gateway's debug log holds neither the caller token nor the secret"
+fi
+
+kill -TERM "$SERVER_PID" 2>/dev/null || true
+timeout 20 tail --pid="$SERVER_PID" -f /dev/null || true
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=""
 
 # ---------------------------------------------------------------- Kubernetes packaging
 

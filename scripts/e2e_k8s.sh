@@ -159,9 +159,11 @@ render all-on-without-monitoring-api -f "$ALL_ON"
 render sandbox --set sandbox.enabled=true --set replicaCount=1
 EXISTING_SECRET="$CHART/ci/existing-secret-values.yaml"
 render existing-secret -f "$EXISTING_SECRET"
+SECURITY="$CHART/ci/security-values.yaml"
+render security -f "$SECURITY"
 
 for version in "${K8S_VERSIONS[@]}"; do
-    for name in default all-on sandbox existing-secret; do
+    for name in default all-on sandbox existing-secret security; do
         k8s_check "kubernetes-validate --strict -k $version ($name)" 0 "" \
             -- timeout 120 kubernetes-validate --strict --quiet -k "$version" "$K8S_DIR/$name.yaml"
     done
@@ -196,6 +198,12 @@ k8s_check "with wecom.corpId and one more app, default_app is the corpId app" 0 
     'default_app = "default"' \
     -- helm template "$RELEASE" "$CHART" --set wecom.corpId=ww0,wecom.corpSecret=s \
     --set 'wecom.apps[0].name=a,wecom.apps[0].corpId=ww1,wecom.apps[0].secret=s'
+k8s_check "mTLS without TLS fails at render, naming tls.secretName" nonzero \
+    "tls\.clientCa\.secretName: mTLS needs TLS; set tls\.secretName" \
+    -- helm template "$RELEASE" "$CHART" --set tls.clientCa.secretName=ca
+k8s_check "health closed to callers without a token fails with the helm test on" nonzero \
+    "auth\.openHealth: false closes health .* set tests\.enabled=false" \
+    -- helm template "$RELEASE" "$CHART" --set auth.callersSecretName=c,auth.openHealth=false
 "$HELM" template "$RELEASE" "$CHART" --set updateStrategy.type=Recreate >"$K8S_DIR/recreate.yaml" 2>&1 || true
 k8s_check "a Recreate strategy renders without rollingUpdate (which the API server refuses)" 0 "" \
     -- python3 -c '
@@ -218,6 +226,9 @@ k8s_relay "check_manifests.py (existing-secret: no chart Secret, image by digest
     timeout 60 python3 scripts/check_manifests.py "$K8S_DIR/existing-secret.yaml" --label existing-secret \
     --kinds ConfigMap,Deployment,Pod,PodDisruptionBudget,Service \
     --digest "$(sed -n 's/^ *digest: *//p' "$EXISTING_SECRET")"
+k8s_relay "check_manifests.py (security: TLS, mTLS, callers)" \
+    timeout 60 python3 scripts/check_manifests.py "$K8S_DIR/security.yaml" --label security \
+    --kinds "$K8S_KINDS_BASE" --security tls,mtls,callers
 k8s_relay "check_manifests.py (sandbox)" \
     timeout 60 python3 scripts/check_manifests.py "$K8S_DIR/sandbox.yaml" --label sandbox --sandbox \
     --kinds "$K8S_KINDS_BASE"
@@ -277,6 +288,9 @@ k8s_check "NOTES.txt shows a port-forward and a grpcurl call to the Service" 0 \
     "grpcurl -plaintext localhost:50051 wecom\.kf\.v1\.CustomerUpgradeService/GetUpgradeConfig" \
     -- notes -f "$ALL_ON"
 k8s_check "NOTES.txt warns when no WeCom app is configured" 0 "WARNING: no WeCom app is configured" -- notes
+k8s_check "NOTES.txt shows grpcurl over mTLS with a token when they are on" 0 \
+    "grpcurl -cacert ca\.crt -authority e2e-wecom-kf-upgrade -cert client\.crt -key client\.key -H 'authorization: Bearer TOKEN'" \
+    -- notes -f "$SECURITY"
 
 # ---------------------------------------------------------------- container image
 

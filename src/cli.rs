@@ -1,13 +1,16 @@
-//! The command line: `serve`, `sandbox`, `health`, `check-config`.
+//! The command line: `serve`, `sandbox`, `health`, `check-config`, `caller add`.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use secrecy::ExposeSecret;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
 use crate::{
+    auth::new_caller,
     config::{ConfigError, ProcessEnv, SandboxApp, Settings},
     sandbox::{DEMO_CORP_ID, DEMO_SECRET, Sandbox, SandboxConfig},
     signal::ShutdownSignals,
@@ -33,6 +36,25 @@ enum Command {
     Health(HealthArgs),
     /// Load and validate the configuration; print it as a config file, secrets redacted.
     CheckConfig(ConfigArgs),
+    /// Credentials of the gateway's callers (the callers file).
+    #[command(subcommand)]
+    Caller(CallerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CallerCommand {
+    /// Make a new caller's bearer token: prints the token once, on the first line,
+    /// then the entry to append to the callers file (which holds only its SHA-256).
+    Add(CallerAddArgs),
+}
+
+#[derive(Debug, Args)]
+struct CallerAddArgs {
+    /// The caller's name, as logs and the audit show it (1-64 of A-Z a-z 0-9 - _ .).
+    name: String,
+    /// The apps it may use, comma-separated; `*` for every configured app.
+    #[arg(long, value_delimiter = ',', required = true)]
+    apps: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +104,18 @@ struct HealthArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 3000)]
     timeout_ms: u64,
+    /// The gRPC port serves TLS: verify its certificate with these PEM CA certificates.
+    #[arg(long)]
+    tls_ca_file: Option<PathBuf>,
+    /// A PEM client certificate, for a gateway that requires one (mTLS).
+    #[arg(long, requires_all = ["tls_ca_file", "tls_key_file"])]
+    tls_cert_file: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// The name the gateway's certificate must carry [default: the host of --addr].
+    #[arg(long, requires = "tls_ca_file")]
+    tls_server_name: Option<String>,
 }
 
 impl Cli {
@@ -98,6 +132,9 @@ impl Cli {
             }),
             // Commands for people: their errors go to the terminal.
             Command::CheckConfig(args) => exit(check_config(args), |error| {
+                eprintln!("wecom-kf-upgrade: {}", ErrorChain(error.source()));
+            }),
+            Command::Caller(CallerCommand::Add(args)) => exit(caller_add(args), |error| {
                 eprintln!("wecom-kf-upgrade: {}", ErrorChain(error.source()));
             }),
             Command::Health(args) => health(args).await,
@@ -234,16 +271,58 @@ fn check_config(args: ConfigArgs) -> Result<(), CommandError> {
     Ok(())
 }
 
-async fn health(args: HealthArgs) -> ExitCode {
+/// Prints a new caller's token on the first line (its last word), then its entry.
+fn caller_add(args: CallerAddArgs) -> Result<(), CommandError> {
+    let new = new_caller(&args.name, &args.apps).map_err(|problem| ConfigError {
+        key: "caller add".to_owned(),
+        problem,
+    })?;
+    println!(
+        "New bearer token for caller {} (shown this once; give it to the caller, keep no copy): {}",
+        args.name,
+        new.token.expose_secret()
+    );
+    println!();
+    println!(
+        "# Append to the callers file (WECOM_CALLERS_FILE); it holds only the token's SHA-256."
+    );
+    print!("{}", new.entry);
+    Ok(())
+}
+
+/// The health client's endpoint: plaintext, or TLS with the given CA (and client
+/// certificate).
+fn health_endpoint(args: &HealthArgs) -> Result<Endpoint, BoxError> {
+    let scheme = if args.tls_ca_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let uri = if args.addr.contains("://") {
         args.addr.clone()
     } else {
-        format!("http://{}", args.addr)
+        format!("{scheme}://{}", args.addr)
     };
+    let endpoint = Endpoint::from_shared(uri)?;
+    let Some(ca) = &args.tls_ca_file else {
+        return Ok(endpoint);
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(name) = &args.tls_server_name {
+        tls = tls.domain_name(name);
+    }
+    Ok(endpoint.tls_config(tls)?)
+}
+
+async fn health(args: HealthArgs) -> ExitCode {
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(uri)?
-            .connect()
-            .await?;
+        let channel = health_endpoint(&args)?.connect().await?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: args.service.clone(),

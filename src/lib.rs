@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //! - [`config`]: typed settings, loaded file → environment → sandbox → secrets; printed as TOML.
+//! - [`auth`]: who is calling (bearer token or client certificate) and which apps it may use.
+//! - [`tls`]: TLS and mTLS on the gRPC port, certificates reloaded when their files change.
+//! - `reload`: files re-read when their contents change.
 //! - [`domain`]: validated requests (`OpenKfId`, `UserId`, `Wording`…).
 //! - [`grpc`]: the edge: straight-line handlers, each call's budget and outcome log, and
 //!   one mapping from an edge error to its status and who is at fault.
@@ -23,13 +26,16 @@
     rust_2018_idioms
 )]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
 mod listener;
+mod reload;
 pub mod sandbox;
 pub mod signal;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 pub mod wecom;

@@ -3,13 +3,14 @@
 //! once, which spins a core when the process is out of file descriptors.
 //!
 //! Here one task accepts; each connection then gets `handshake_timeout` to send its
-//! first bytes (the HTTP/2 preface or an HTTP/1 request) before it is handed to the
-//! server, so a slow or silent peer never holds up the others; a permit per
-//! connection caps how many are open; accept errors back off and are logged once
-//! per interval.
+//! first bytes (the HTTP/2 preface or an HTTP/1 request) and, with TLS, to finish
+//! its TLS handshake, before it is handed to the server, so a slow or silent peer
+//! never holds up the others; a permit per connection caps how many are open;
+//! accept errors back off and are logged once per interval.
 
 use std::{
     convert::Infallible,
+    future::Future,
     io,
     pin::Pin,
     sync::Arc,
@@ -23,8 +24,11 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
 };
+use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
+
+use crate::tls::TlsAcceptor;
 
 /// How the gRPC port accepts connections.
 #[derive(Debug, Clone, Copy)]
@@ -43,36 +47,67 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duratio
 /// TCP keepalive: connections to vanished peers are noticed and closed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// Accepted connections that have sent their first bytes, for
-/// `serve_with_incoming_shutdown`. Dropping it stops the accept loop and closes
-/// the listening socket.
-pub(crate) struct Incoming {
-    ready: mpsc::Receiver<Connection<TcpStream>>,
+/// Accepted connections that have sent their first bytes (and finished their TLS
+/// handshake), for `serve_with_incoming_shutdown`. Dropping it stops the accept
+/// loop and closes the listening socket.
+pub(crate) struct Incoming<IO> {
+    ready: mpsc::Receiver<Connection<IO>>,
 }
 
-impl Incoming {
-    /// Starts accepting on `listener`.
+impl Incoming<TcpStream> {
+    /// Starts accepting plaintext connections on `listener`.
     pub(crate) fn new(listener: TcpListener, settings: ListenerSettings) -> Self {
+        Self::start(listener, settings, |stream| async { Ok(stream) })
+    }
+}
+
+impl Incoming<TlsStream<TcpStream>> {
+    /// Starts accepting TLS connections on `listener`, each with the certificate
+    /// current when its handshake starts.
+    pub(crate) fn tls(
+        listener: TcpListener,
+        settings: ListenerSettings,
+        tls: Arc<TlsAcceptor>,
+    ) -> Self {
+        Self::start(listener, settings, move |stream| {
+            let tls = Arc::clone(&tls);
+            async move { tls.accept(stream).await }
+        })
+    }
+}
+
+impl<IO: Send + 'static> Incoming<IO> {
+    /// Starts the accept loop; `open` turns an accepted connection into the server's.
+    fn start<O, F>(listener: TcpListener, settings: ListenerSettings, open: O) -> Self
+    where
+        O: Fn(TcpStream) -> F + Send + Sync + 'static,
+        F: Future<Output = io::Result<IO>> + Send + 'static,
+    {
         // Small: a connection waits here only while the server is between accepts.
         let (ready, receiver) = mpsc::channel(64);
-        tokio::spawn(accept_loop(listener, settings, ready));
+        tokio::spawn(accept_loop(listener, settings, Arc::new(open), ready));
         Self { ready: receiver }
     }
 }
 
-impl Stream for Incoming {
-    type Item = Result<Connection<TcpStream>, Infallible>;
+impl<IO> Stream for Incoming<IO> {
+    type Item = Result<Connection<IO>, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.ready.poll_recv(cx).map(|c| c.map(Ok))
     }
 }
 
-async fn accept_loop(
+async fn accept_loop<IO, O, F>(
     listener: TcpListener,
     settings: ListenerSettings,
-    ready: mpsc::Sender<Connection<TcpStream>>,
-) {
+    open: Arc<O>,
+    ready: mpsc::Sender<Connection<IO>>,
+) where
+    IO: Send + 'static,
+    O: Fn(TcpStream) -> F + Send + Sync + 'static,
+    F: Future<Output = io::Result<IO>> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut full = Throttled::default();
     let mut failing = Throttled::default();
@@ -125,19 +160,28 @@ async fn accept_loop(
         };
         backoff = ACCEPT_BACKOFF.0;
         configure(&stream);
-        let ready = ready.clone();
+        let (ready, open) = (ready.clone(), Arc::clone(&open));
         tokio::spawn(async move {
             let timeout = settings.handshake_timeout;
-            match tokio::time::timeout(timeout, first_bytes(&stream)).await {
-                Ok(true) => {
-                    // A send error means the server stopped accepting: drop it.
-                    let _ = ready.send(Connection::new(stream, permit)).await;
+            let peer = stream.peer_addr().ok();
+            let opened = async {
+                if !first_bytes(&stream).await {
+                    return Ok(None);
                 }
-                Ok(false) => {}
+                open(stream).await.map(Some)
+            };
+            match tokio::time::timeout(timeout, opened).await {
+                Ok(Ok(Some(io))) => {
+                    // A send error means the server stopped accepting: drop it.
+                    let _ = ready.send(Connection::new(io, permit)).await;
+                }
+                Ok(Ok(None)) => {}
+                // A scanner, or a plaintext client on the TLS port.
+                Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(
-                    peer = ?stream.peer_addr().ok(),
+                    ?peer,
                     timeout_ms = timeout.as_millis() as u64,
-                    "closing a connection that sent nothing within the handshake timeout"
+                    "closing a connection that did not open within the handshake timeout"
                 ),
             }
         });

@@ -19,10 +19,12 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
-    config::{Settings, is_cleartext_remote},
+    auth::Access,
+    config::{Settings, is_cleartext_remote, is_exposed},
     grpc::{self, CallLimits, CustomerUpgradeServiceServer, Cutoff, UpgradeGateway, pb},
     listener::{Incoming, ListenerSettings},
     telemetry::redacted,
+    tls::{TlsAcceptor, TlsError},
     wecom::Apps,
 };
 
@@ -42,6 +44,9 @@ pub enum StartupError {
     /// The HTTP client for WeCom could not be built (TLS set-up).
     #[error("cannot build the WeCom HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// The gRPC port's TLS files cannot be used.
+    #[error("cannot set up TLS on the gRPC port: {0}")]
+    Tls(#[from] TlsError),
     /// Reflection could not read the descriptor sets.
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -58,12 +63,15 @@ pub enum StartupError {
 pub struct Application {
     settings: Settings,
     apps: Apps,
+    access: Access,
+    tls: Option<Arc<TlsAcceptor>>,
     grpc: TcpListener,
     admin: TcpListener,
 }
 
 impl Application {
-    /// Builds the WeCom clients and binds both listeners (port 0 picks a free port).
+    /// Builds the WeCom clients, TLS and caller authentication (both start watching
+    /// their files), and binds both listeners (port 0 picks a free port).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         for (name, app) in &settings.apps {
             if is_cleartext_remote(&app.api_base) {
@@ -74,8 +82,24 @@ impl Application {
                 );
             }
         }
+        if let Some(warning) = is_exposed(&settings) {
+            tracing::warn!(listen = %settings.listen, "INSECURE: {warning}");
+        }
         let (adapter, specs) = settings.adapter();
         let apps = Apps::new(&adapter, specs, settings.default_app.clone())?;
+        let access = match &settings.auth {
+            Some(auth) => Access::from_file(
+                auth.callers.clone(),
+                auth.callers_file.clone(),
+                auth.reload_interval,
+                settings.apps.keys().cloned().collect(),
+            ),
+            None => Access::open(),
+        };
+        let tls = match &settings.tls {
+            Some(tls) => Some(Arc::new(TlsAcceptor::start(tls)?)),
+            None => None,
+        };
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -86,6 +110,8 @@ impl Application {
         Ok(Self {
             settings,
             apps,
+            access,
+            tls,
             grpc,
             admin,
         })
@@ -125,7 +151,12 @@ impl Application {
             max_calls_in_flight: server_settings.max_calls_in_flight,
         };
         let (raise_cutoff, cutoff) = Cutoff::new();
-        let gateway = Arc::new(UpgradeGateway::new(self.apps, limits, cutoff));
+        let gateway = Arc::new(UpgradeGateway::new(
+            self.apps,
+            limits,
+            cutoff,
+            self.access.clone(),
+        ));
         let in_flight = Arc::clone(&gateway);
         let service = InterceptedService::new(
             CustomerUpgradeServiceServer::from_arc(Arc::clone(&gateway))
@@ -139,9 +170,18 @@ impl Application {
                 // google.rpc.ErrorInfo and friends, so grpcurl can print error details.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1()?;
+        // With caller authentication, health and reflection may still answer anyone.
+        let (open_health, open_reflection) =
+            self.settings.auth.as_ref().map_or((true, true), |auth| {
+                (auth.open_health, auth.open_reflection)
+            });
+        let guard = |open| grpc::admit(self.access.clone(), open);
+        let health_service = InterceptedService::new(health_service, guard(open_health));
+        let reflection_v1 =
+            InterceptedService::new(reflection().build_v1()?, guard(open_reflection));
         // grpcurl 1.8 speaks only v1alpha.
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let reflection_v1alpha =
+            InterceptedService::new(reflection().build_v1alpha()?, guard(open_reflection));
 
         let ready = Arc::new(AtomicBool::new(true));
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -168,14 +208,11 @@ impl Application {
                 server_settings.max_decode_message_bytes,
             ))
             .fallback(grpc::unknown_route);
-        let incoming = Incoming::new(
-            self.grpc,
-            ListenerSettings {
-                max_connections: server_settings.max_connections,
-                handshake_timeout: server_settings.handshake_timeout,
-            },
-        );
-        let server = Server::builder()
+        let listener = ListenerSettings {
+            max_connections: server_settings.max_connections,
+            handshake_timeout: server_settings.handshake_timeout,
+        };
+        let router = Server::builder()
             .accept_http1(true)
             .max_concurrent_streams(server_settings.max_concurrent_streams)
             // A request that has not arrived whole by then is dropped; the call's
@@ -190,12 +227,27 @@ impl Application {
             // resets, which tonic leaves unlimited unless set.
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
             .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-            .add_routes(Routes::from(routes))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = grpc_stopped.await;
-            });
-        let mut server = tokio::spawn(server);
-        tracing::info!(%grpc_addr, %admin_addr, "gateway serving");
+            .add_routes(Routes::from(routes));
+        let stopped = async {
+            let _ = grpc_stopped.await;
+        };
+        let mut server = match self.tls {
+            Some(tls) => {
+                let incoming = Incoming::tls(self.grpc, listener, tls);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            None => {
+                let incoming = Incoming::new(self.grpc, listener);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
+        let tls = match &self.settings.tls {
+            Some(tls) if tls.client_ca_file.is_some() => "mutual",
+            Some(_) => "on",
+            None => "off",
+        };
+        let caller_auth = self.access.enforced();
+        tracing::info!(%grpc_addr, %admin_addr, tls, caller_auth, "gateway serving");
 
         tokio::select! {
             () = shutdown => {}

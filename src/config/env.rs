@@ -33,3 +33,11 @@ pub(super) const CORP_SECRET: &str = "WECOM_CORP_SECRET";
 pub(super) const CORP_SECRET_FILE: &str = "WECOM_CORP_SECRET_FILE";
 /// The API base every app without its own uses.
 pub(super) const API_BASE: &str = "WECOM_API_BASE";
+/// The gRPC port's PEM certificate chain: TLS when set, with the key.
+pub(super) const TLS_CERT_FILE: &str = "WECOM_TLS_CERT_FILE";
+/// Its PEM private key.
+pub(super) const TLS_KEY_FILE: &str = "WECOM_TLS_KEY_FILE";
+/// The CAs of client certificates: mTLS when set.
+pub(super) const TLS_CLIENT_CA_FILE: &str = "WECOM_TLS_CLIENT_CA_FILE";
+/// The callers file: caller authentication when set.
+pub(super) const CALLERS_FILE: &str = "WECOM_CALLERS_FILE";

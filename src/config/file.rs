@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ConfigError, LimitSettings, SecretOrigin, ServerSettings, Settings, TokenSettings,
-    UpstreamSettings, validate::is_cleartext_remote,
+    UpstreamSettings,
+    validate::{is_cleartext_remote, is_exposed},
 };
 use crate::telemetry::redacted;
 
@@ -28,6 +29,36 @@ pub(super) struct FileSettings {
     pub(super) token: TokenSettings,
     pub(super) server: ServerSettings,
     pub(super) limits: LimitSettings,
+    pub(super) tls: FileTls,
+    pub(super) auth: FileAuth,
+}
+
+/// `[tls]` as written, and as printed when TLS is on.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) client_ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) reload_interval_ms: Option<u64>,
+}
+
+/// `[auth]` as written, and as printed when caller authentication is on.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileAuth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) callers_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) open_health: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) open_reflection: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) reload_interval_ms: Option<u64>,
 }
 
 /// One `[[apps]]` entry: a secret is given inline, by file, or by variable name.
@@ -44,17 +75,20 @@ pub(super) struct FileApp {
 
 /// Parses the file's text.
 pub(super) fn parse(text: &str) -> Result<FileSettings, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        // toml's own Display quotes the offending line, which may hold a secret or a
-        // URL password: say where and what, never the text itself.
-        let place = e.span().map_or_else(String::new, |span| {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: ")
-        });
-        ConfigError::new("--config", format!("{place}{}", e.message().trim_end()))
-    })
+    toml::from_str(text).map_err(|e| ConfigError::new("--config", toml_problem(text, &e)))
+}
+
+/// What is wrong with a TOML text and where. toml's own Display quotes the
+/// offending line, which may hold a secret or a URL password: say where and what,
+/// never the text itself.
+pub(crate) fn toml_problem(text: &str, error: &toml::de::Error) -> String {
+    let place = error.span().map_or_else(String::new, |span| {
+        let before = text.get(..span.start.min(text.len())).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    format!("{place}{}", error.message().trim_end())
 }
 
 /// What `check-config` prints: the same keys, every value explicit.
@@ -68,6 +102,10 @@ struct Rendered<'a> {
     token: &'a TokenSettings,
     server: &'a ServerSettings,
     limits: &'a LimitSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<FileTls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<FileAuth>,
 }
 
 #[derive(Serialize)]
@@ -87,7 +125,8 @@ struct RenderedApp<'a> {
 
 /// The settings as a file that loads back: secret references as they were, inline
 /// secrets and URL passwords as `****`.
-/// Warnings come first, as comments, so they stay with a saved copy.
+/// Warnings come first, as comments, so they stay with a saved copy; the callers
+/// and their apps come last, as comments too (never their token digests).
 pub(super) fn render(settings: &Settings) -> String {
     let mut out = String::new();
     for (name, app) in &settings.apps {
@@ -97,6 +136,9 @@ pub(super) fn render(settings: &Settings) -> String {
                  tokens would cross the network in clear text\n"
             ));
         }
+    }
+    if let Some(warning) = is_exposed(settings) {
+        out.push_str(&format!("# WARNING: {warning}\n"));
     }
     let rendered = Rendered {
         listen: settings.listen,
@@ -125,9 +167,36 @@ pub(super) fn render(settings: &Settings) -> String {
         token: &settings.token,
         server: &settings.server,
         limits: &settings.limits,
+        tls: settings.tls.as_ref().map(|tls| FileTls {
+            cert_file: Some(tls.cert_file.clone()),
+            key_file: Some(tls.key_file.clone()),
+            client_ca_file: tls.client_ca_file.clone(),
+            reload_interval_ms: Some(millis(tls.reload_interval)),
+        }),
+        auth: settings.auth.as_ref().map(|auth| FileAuth {
+            callers_file: Some(auth.callers_file.clone()),
+            open_health: Some(auth.open_health),
+            open_reflection: Some(auth.open_reflection),
+            reload_interval_ms: Some(millis(auth.reload_interval)),
+        }),
     };
     // Strings, integers, tables and arrays of tables, with every table after the
     // plain keys: nothing TOML cannot represent.
     out.push_str(&toml::to_string(&rendered).expect("the rendered settings are plain TOML"));
+    if let Some(auth) = &settings.auth {
+        out.push_str(&format!(
+            "\n# {} caller(s) in {}, and the apps each may use:\n",
+            auth.callers.len(),
+            auth.callers_file.display()
+        ));
+        for line in auth.callers.describe() {
+            out.push_str(&format!("#   {line}\n"));
+        }
+    }
     out
+}
+
+/// Whole milliseconds; durations are bounded by validation far below u64::MAX.
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

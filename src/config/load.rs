@@ -7,19 +7,32 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::{
-    AppSettings, ConfigError, DEFAULT_API_BASE, DEFAULT_APP_NAME, SecretOrigin, Settings,
+    AppSettings, AuthSettings, ConfigError, DEFAULT_API_BASE, DEFAULT_APP_NAME, SecretOrigin,
+    Settings, TlsSettings,
     env::{self, Environment},
     file::{self, FileApp, FileSettings},
     validate,
 };
+use crate::{
+    auth::Callers,
+    tls::{self, TlsFile},
+};
+
+/// The ports the listeners bind by default, on every interface (or, for the
+/// sandbox's demo, on loopback only).
+const GRPC_PORT: u16 = 50051;
+const ADMIN_PORT: u16 = 9464;
+/// How often changed TLS files and callers files are noticed.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The sandbox's demo app, which `serve --sandbox` puts in place of every app.
 #[derive(Debug, Clone)]
@@ -56,10 +69,21 @@ struct AppPlan {
     api_base: Option<Given<Url>>,
 }
 
+/// A file the configuration names, and the key that named it.
+struct NamedFile {
+    path: PathBuf,
+    key: &'static str,
+}
+
 /// The configuration before its secrets are read.
 struct Plan {
-    listen: SocketAddr,
-    admin_listen: SocketAddr,
+    /// `None`: the default address, which the sandbox makes loopback.
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    tls_cert: Option<NamedFile>,
+    tls_key: Option<NamedFile>,
+    tls_client_ca: Option<NamedFile>,
+    callers_file: Option<NamedFile>,
     default_app: String,
     /// The API base of every app that sets none.
     api_base: Given<Url>,
@@ -119,9 +143,14 @@ impl Plan {
             file.api_base.as_deref().unwrap_or(DEFAULT_API_BASE),
             "api_base",
         );
+        let named = |path: Option<PathBuf>, key| path.map(|path| NamedFile { path, key });
         Ok(Self {
-            listen: file.listen.unwrap_or(([0, 0, 0, 0], 50051).into()),
-            admin_listen: file.admin_listen.unwrap_or(([0, 0, 0, 0], 9464).into()),
+            listen: file.listen,
+            admin_listen: file.admin_listen,
+            tls_cert: named(file.tls.cert_file.take(), "tls.cert_file"),
+            tls_key: named(file.tls.key_file.take(), "tls.key_file"),
+            tls_client_ca: named(file.tls.client_ca_file.take(), "tls.client_ca_file"),
+            callers_file: named(file.auth.callers_file.take(), "auth.callers_file"),
             default_app,
             api_base,
             apps,
@@ -129,11 +158,26 @@ impl Plan {
         })
     }
 
-    /// The environment over the file: the shared API base, and the default app's
-    /// corp id and secret (describing the default app if the file has none).
+    /// The environment over the file: the shared API base, the TLS and callers
+    /// files, and the default app's corp id and secret (describing the default app
+    /// if the file has none).
     fn apply_env(&mut self, env: &dyn Environment) {
         if let Some(base) = env.var(env::API_BASE) {
             self.api_base = validate::api_base(&base, env::API_BASE);
+        }
+        let files = [
+            (&mut self.tls_cert, env::TLS_CERT_FILE),
+            (&mut self.tls_key, env::TLS_KEY_FILE),
+            (&mut self.tls_client_ca, env::TLS_CLIENT_CA_FILE),
+            (&mut self.callers_file, env::CALLERS_FILE),
+        ];
+        for (file, key) in files {
+            if let Some(path) = env.var(key) {
+                *file = Some(NamedFile {
+                    path: path.into(),
+                    key,
+                });
+            }
         }
         let corp_id = env.var(env::CORP_ID);
         let secret = env_secret(env);
@@ -163,8 +207,12 @@ impl Plan {
         }
     }
 
-    /// Every app becomes the sandbox's demo app, and the default app exists.
+    /// Every app becomes the sandbox's demo app, and the default app exists. A
+    /// demo listens on loopback unless an address was given.
     fn swap_in(&mut self, sandbox: &SandboxApp) {
+        let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        self.listen.get_or_insert(loopback(GRPC_PORT));
+        self.admin_listen.get_or_insert(loopback(ADMIN_PORT));
         let api_base = validate::api_base(&sandbox.api_base, "--sandbox");
         let demo = || AppPlan {
             corp_id: Ok(sandbox.corp_id.clone()),
@@ -233,19 +281,115 @@ impl Plan {
                 ),
             ));
         }
+        let everywhere = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let tls = tls_settings(
+            self.tls_cert,
+            self.tls_key,
+            self.tls_client_ca,
+            &self.file.tls,
+        )?;
+        let auth = match self.callers_file {
+            Some(callers_file) => Some(auth_settings(callers_file, &self.file.auth, &apps)?),
+            None => None,
+        };
         let settings = Settings {
-            listen: self.listen,
-            admin_listen: self.admin_listen,
+            listen: self.listen.unwrap_or(everywhere(GRPC_PORT)),
+            admin_listen: self.admin_listen.unwrap_or(everywhere(ADMIN_PORT)),
             default_app: self.default_app,
             apps,
             upstream: self.file.upstream,
             token: self.file.token,
             server: self.file.server,
             limits: self.file.limits,
+            tls: tls.as_ref().map(|(settings, _)| settings.clone()),
+            auth,
         };
         validate::bounds(&settings)?;
+        if let Some((settings, keys)) = &tls {
+            // The files are read now, so that a bad one is named before anything starts.
+            tls::check(settings).map_err(|e| {
+                let key = match e.file {
+                    TlsFile::Cert => keys[0],
+                    TlsFile::Key => keys[1],
+                    TlsFile::ClientCa => keys[2],
+                };
+                ConfigError::new(key, e.to_string())
+            })?;
+        }
         Ok(settings)
     }
+}
+
+/// TLS when a certificate and a key are named; with the keys that named the
+/// certificate, the key and the client CA, for errors.
+fn tls_settings(
+    cert: Option<NamedFile>,
+    key: Option<NamedFile>,
+    client_ca: Option<NamedFile>,
+    file: &file::FileTls,
+) -> Result<Option<(TlsSettings, [&'static str; 3])>, ConfigError> {
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            return match client_ca {
+                Some(ca) => Err(ConfigError::new(
+                    ca.key,
+                    "mTLS needs TLS: set the certificate and key too (WECOM_TLS_CERT_FILE \
+                     and WECOM_TLS_KEY_FILE)",
+                )),
+                None => Ok(None),
+            };
+        }
+        (Some(cert), None) => {
+            return Err(ConfigError::new(
+                cert.key,
+                "needs its key: set WECOM_TLS_KEY_FILE or tls.key_file as well",
+            ));
+        }
+        (None, Some(key)) => {
+            return Err(ConfigError::new(
+                key.key,
+                "needs its certificate: set WECOM_TLS_CERT_FILE or tls.cert_file as well",
+            ));
+        }
+    };
+    let keys = [
+        cert.key,
+        key.key,
+        client_ca.as_ref().map_or("tls.client_ca_file", |ca| ca.key),
+    ];
+    let settings = TlsSettings {
+        cert_file: cert.path,
+        key_file: key.path,
+        client_ca_file: client_ca.map(|ca| ca.path),
+        reload_interval: file
+            .reload_interval_ms
+            .map_or(RELOAD_INTERVAL, Duration::from_millis),
+    };
+    Ok(Some((settings, keys)))
+}
+
+/// Caller authentication from the callers file, read now; every app it names must
+/// be one of `apps`.
+fn auth_settings(
+    callers_file: NamedFile,
+    file: &file::FileAuth,
+    apps: &BTreeMap<String, AppSettings>,
+) -> Result<AuthSettings, ConfigError> {
+    let NamedFile { path, key } = callers_file;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    let callers = Callers::parse(&bytes, &|app| apps.contains_key(app))
+        .map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))?;
+    Ok(AuthSettings {
+        callers_file: path,
+        callers,
+        open_health: file.open_health.unwrap_or(true),
+        open_reflection: file.open_reflection.unwrap_or(true),
+        reload_interval: file
+            .reload_interval_ms
+            .map_or(RELOAD_INTERVAL, Duration::from_millis),
+    })
 }
 
 // === impl AppPlan ===
@@ -718,5 +862,208 @@ mod tests {
             "{printed}"
         );
         from_toml(&printed, &[]).unwrap();
+    }
+
+    /// A fresh directory for one test's files.
+    fn temp_dir(purpose: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wku-{purpose}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A self-signed certificate for localhost and its key, written to `dir`.
+    fn cert_files(dir: &Path) -> (PathBuf, PathBuf) {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, issued.cert.pem()).unwrap();
+        std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn tls_comes_from_the_environment_or_the_file() {
+        let dir = temp_dir("tls-env");
+        let (cert, key) = cert_files(&dir);
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let vars = [
+            ONE_APP[0],
+            ONE_APP[1],
+            ("WECOM_TLS_CERT_FILE", cert),
+            ("WECOM_TLS_KEY_FILE", key),
+        ];
+        let tls = from_toml("", &vars).unwrap().tls.unwrap();
+        assert_eq!(
+            (tls.cert_file.to_str(), tls.key_file.to_str()),
+            (Some(cert), Some(key))
+        );
+        assert_eq!(tls.client_ca_file, None);
+        assert_eq!(tls.reload_interval, Duration::from_secs(10));
+
+        let text = format!(
+            "[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{cert}\"\n\
+             reload_interval_ms = 500\n"
+        );
+        let tls = from_toml(&text, ONE_APP).unwrap().tls.unwrap();
+        assert_eq!(
+            tls.client_ca_file.as_deref().and_then(Path::to_str),
+            Some(cert)
+        );
+        assert_eq!(tls.reload_interval, Duration::from_millis(500));
+        assert!(
+            from_toml("", ONE_APP).unwrap().tls.is_none(),
+            "off by default"
+        );
+    }
+
+    #[test]
+    fn a_tls_file_without_its_partner_is_named() {
+        let dir = temp_dir("tls-partner");
+        let (cert, _) = cert_files(&dir);
+        let cert = cert.to_str().unwrap();
+        // Each alone: the certificate needs its key, the key its certificate, mTLS both.
+        for var in [
+            "WECOM_TLS_CERT_FILE",
+            "WECOM_TLS_KEY_FILE",
+            "WECOM_TLS_CLIENT_CA_FILE",
+        ] {
+            let vars = [ONE_APP[0], ONE_APP[1], (var, cert)];
+            assert_eq!(key_of("", &vars), var);
+        }
+    }
+
+    #[test]
+    fn a_tls_file_that_cannot_be_used_is_named_by_its_key_without_its_contents() {
+        let dir = temp_dir("tls-bad");
+        let (cert, key) = cert_files(&dir);
+        let other_key = dir.join("other.key");
+        let other = rcgen::generate_simple_self_signed(vec!["x".to_owned()]).unwrap();
+        std::fs::write(&other_key, other.signing_key.serialize_pem()).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a PEM file at all: SECRET-LOOKING-BYTES").unwrap();
+        let file = |cert: &Path, key: &Path, ca: Option<&Path>| {
+            let mut text = format!(
+                "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                cert.display(),
+                key.display()
+            );
+            if let Some(ca) = ca {
+                text.push_str(&format!("client_ca_file = \"{}\"\n", ca.display()));
+            }
+            text
+        };
+        let missing = dir.join("missing.crt");
+        for (text, key) in [
+            (file(&missing, &key, None), "tls.cert_file"),
+            (file(&garbage, &key, None), "tls.cert_file"),
+            (file(&cert, &garbage, None), "tls.key_file"),
+            (file(&cert, &other_key, None), "tls.key_file"),
+            (file(&cert, &key, Some(&garbage)), "tls.client_ca_file"),
+        ] {
+            let err = from_toml(&text, ONE_APP).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(!err.to_string().contains("SECRET-LOOKING"), "{err}");
+            assert!(!err.to_string().contains("PRIVATE KEY-----\n"), "{err}");
+        }
+    }
+
+    #[test]
+    fn callers_come_from_their_file_and_may_name_only_configured_apps() {
+        let dir = temp_dir("callers");
+        let path = dir.join("callers.toml");
+        let good = crate::auth::new_caller("shop", &["default".into()]).unwrap();
+        std::fs::write(&path, &good.entry).unwrap();
+        let vars = [
+            ONE_APP[0],
+            ONE_APP[1],
+            ("WECOM_CALLERS_FILE", path.to_str().unwrap()),
+        ];
+        let auth = from_toml("", &vars).unwrap().auth.unwrap();
+        assert_eq!(auth.callers.len(), 1);
+        assert!(auth.open_health && auth.open_reflection, "open by default");
+
+        let text = format!(
+            "[auth]\ncallers_file = \"{}\"\nopen_health = false\n",
+            path.display()
+        );
+        let auth = from_toml(&text, ONE_APP).unwrap().auth.unwrap();
+        assert!(!auth.open_health && auth.open_reflection);
+
+        let wrong = crate::auth::new_caller("crm", &["crm".into()]).unwrap();
+        std::fs::write(&path, &wrong.entry).unwrap();
+        let err = from_toml("", &vars).unwrap_err();
+        assert_eq!(err.key, "WECOM_CALLERS_FILE");
+        assert!(
+            err.problem.contains("callers[0].apps") && err.problem.contains("crm"),
+            "{err}"
+        );
+        let missing = [
+            ONE_APP[0],
+            ONE_APP[1],
+            ("WECOM_CALLERS_FILE", "/nonexistent/callers"),
+        ];
+        assert_eq!(key_of("", &missing), "WECOM_CALLERS_FILE");
+    }
+
+    #[test]
+    fn the_printed_tls_and_auth_load_back_and_list_the_callers() {
+        let dir = temp_dir("print-security");
+        let (cert, key) = cert_files(&dir);
+        let callers = dir.join("callers.toml");
+        let new = crate::auth::new_caller("shop", &["*".into()]).unwrap();
+        std::fs::write(&callers, &new.entry).unwrap();
+        let text = format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval_ms = 1500\n\
+             [auth]\ncallers_file = \"{}\"\nopen_reflection = false\n",
+            cert.display(),
+            key.display(),
+            callers.display()
+        );
+        let first = from_toml(&text, ONE_APP).unwrap();
+        let printed = first.to_toml();
+        let second = from_toml(&printed, ONE_APP).unwrap();
+        assert_eq!(second.to_toml(), printed, "printing is stable");
+        assert!(printed.contains("reload_interval_ms = 1500"), "{printed}");
+        assert!(printed.contains("open_reflection = false"), "{printed}");
+        assert!(
+            printed.contains("#   shop: every app (with a bearer token)"),
+            "{printed}"
+        );
+        let digest = new.entry.split('"').nth(5).unwrap();
+        assert!(!printed.contains(digest), "{printed}");
+    }
+
+    #[test]
+    fn the_sandbox_listens_on_loopback_unless_told_otherwise() {
+        let demo = sandbox("http://127.0.0.1:1");
+        let s = Settings::load_for_sandbox(None, &env(&[]), &demo).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(s.admin_listen, "127.0.0.1:9464".parse().unwrap());
+        let dir = temp_dir("sandbox-listen");
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:7000\"\n").unwrap();
+        let s = Settings::load_for_sandbox(Some(&path), &env(&[]), &demo).unwrap();
+        assert_eq!(
+            s.listen,
+            "0.0.0.0:7000".parse().unwrap(),
+            "an address given is kept"
+        );
+        assert_eq!(s.admin_listen, "127.0.0.1:9464".parse().unwrap());
+    }
+
+    #[test]
+    fn listening_beyond_loopback_without_tls_or_callers_is_flagged() {
+        let mut s = from_toml("", ONE_APP).unwrap();
+        let warning = crate::config::is_exposed(&s).unwrap();
+        assert!(
+            warning.contains("neither TLS nor caller authentication"),
+            "{warning}"
+        );
+        assert!(
+            s.to_toml()
+                .contains("# WARNING: the gRPC port 0.0.0.0:50051")
+        );
+        s.listen = "127.0.0.1:50051".parse().unwrap();
+        assert_eq!(crate::config::is_exposed(&s), None);
     }
 }

@@ -11,6 +11,9 @@
 //! - `load`: the pipeline above;
 //! - `validate`: names, URLs and bounds;
 //! - `units`: durations as milliseconds or seconds in the file.
+//!
+//! TLS files and the callers file are read while loading, so that a bad one is a
+//! configuration error naming its key; the gateway re-reads them when they change.
 
 mod env;
 mod file;
@@ -32,10 +35,13 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 pub use env::{Environment, ProcessEnv};
+pub(crate) use file::toml_problem;
 pub use load::SandboxApp;
-pub use validate::is_cleartext_remote;
+pub(crate) use validate::check_name;
+pub use validate::{is_cleartext_remote, is_exposed};
 
 use crate::{
+    auth::Callers,
     telemetry::redacted,
     wecom::{AdapterSettings, AppSpec, HttpSettings, RateLimits, Retry, TokenPolicy, WindowLimits},
 };
@@ -64,6 +70,10 @@ pub struct Settings {
     pub server: ServerSettings,
     /// WeCom's frequency limits, kept on the gateway's side.
     pub limits: LimitSettings,
+    /// TLS on the gRPC port; `None`: plaintext.
+    pub tls: Option<TlsSettings>,
+    /// Caller authentication; `None`: every caller may use every app.
+    pub auth: Option<AuthSettings>,
 }
 
 /// One WeCom app: a corp and the secret of one of its apps (自建应用 or 代开发应用).
@@ -242,6 +252,41 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_millis(10_000),
         }
     }
+}
+
+/// TLS on the gRPC port (`[tls]`): on when a certificate and its key are given.
+/// The files are re-read when they change.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The PEM certificate chain, the gateway's certificate first (`cert_file`,
+    /// `WECOM_TLS_CERT_FILE`; `tls.crt` of a Kubernetes TLS Secret).
+    pub cert_file: PathBuf,
+    /// Its PEM private key (`key_file`, `WECOM_TLS_KEY_FILE`; `tls.key`).
+    pub key_file: PathBuf,
+    /// PEM certificates of the CAs that sign client certificates: with it every
+    /// client must present one (mTLS) (`client_ca_file`, `WECOM_TLS_CLIENT_CA_FILE`).
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for a change (`reload_interval_ms`). The
+    /// handshake itself is bounded by `server.handshake_timeout_ms`.
+    pub reload_interval: Duration,
+}
+
+/// Caller authentication (`[auth]`): on when a callers file is given. The file is
+/// re-read when it changes.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Who may call, and which apps each may use (`callers_file`, `WECOM_CALLERS_FILE`).
+    pub callers_file: PathBuf,
+    /// What the file held when the configuration was loaded.
+    pub callers: Callers,
+    /// `grpc.health.v1.Health` answers without credentials (`open_health`):
+    /// Kubernetes' gRPC probes and load balancers send none.
+    pub open_health: bool,
+    /// Server reflection answers without credentials (`open_reflection`): it
+    /// describes the API, not its data.
+    pub open_reflection: bool,
+    /// How often the file is checked for a change (`reload_interval_ms`).
+    pub reload_interval: Duration,
 }
 
 /// WeCom's frequency limits (访问频率限制), kept by the gateway so that callers get

@@ -8,6 +8,11 @@ use super::{ConfigError, DEFAULT_API_BASE, Settings};
 
 /// Checks an app name: callers send it as gRPC metadata.
 pub(super) fn app_name(name: &str) -> Result<(), String> {
+    check_name("app", name)
+}
+
+/// Checks the name of an app or a caller: names travel in metadata, logs and errors.
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -17,9 +22,32 @@ pub(super) fn app_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{name}` is not a valid app name: use 1-64 of A-Z a-z 0-9 - _ . \
-             (callers send it as gRPC metadata)"
+            "`{name}` is not a valid {kind} name: use 1-64 of A-Z a-z 0-9 - _ . \
+             (names travel as gRPC metadata and in logs)"
         ))
+    }
+}
+
+/// What is wrong with where the gRPC port listens, if anything: reachable from
+/// other machines with neither TLS nor caller authentication (anyone who reaches
+/// it can move any customer of any app), or with caller tokens in clear text.
+pub fn is_exposed(settings: &Settings) -> Option<String> {
+    let listen = settings.listen;
+    if listen.ip().is_loopback() {
+        return None;
+    }
+    match (&settings.tls, &settings.auth) {
+        (None, None) => Some(format!(
+            "the gRPC port {listen} is reachable beyond this machine with neither TLS nor \
+             caller authentication: anyone who reaches it can use every app; set \
+             WECOM_TLS_CERT_FILE and WECOM_TLS_KEY_FILE, and WECOM_CALLERS_FILE"
+        )),
+        (None, Some(_)) => Some(format!(
+            "the gRPC port {listen} is reachable beyond this machine without TLS: caller \
+             tokens cross the network in clear text; set WECOM_TLS_CERT_FILE and \
+             WECOM_TLS_KEY_FILE, or terminate TLS in front of the gateway"
+        )),
+        (Some(_), _) => None,
     }
 }
 
@@ -66,6 +94,7 @@ const MAX_SECS: u64 = 86_400;
 /// Checks every numeric knob against its bounds, in the order of the file.
 pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
     let (u, t, srv, lim) = (&s.upstream, &s.token, &s.server, &s.limits);
+    let (tls, auth) = (s.tls.as_ref(), s.auth.as_ref());
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let secs = |d: Duration| d.as_secs();
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
@@ -212,7 +241,24 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
         ),
         ("limits.max_wait_ms", ms(lim.max_wait), 0, MAX_MS),
     ];
-    for (key, value, least, most) in knobs {
+    // The knobs of TLS and caller authentication, when they are on.
+    let tls_knobs = tls.into_iter().map(|tls| {
+        (
+            "tls.reload_interval_ms",
+            ms(tls.reload_interval),
+            100,
+            MAX_MS,
+        )
+    });
+    let auth_knobs = auth.into_iter().map(|auth| {
+        (
+            "auth.reload_interval_ms",
+            ms(auth.reload_interval),
+            100,
+            MAX_MS,
+        )
+    });
+    for (key, value, least, most) in knobs.into_iter().chain(tls_knobs).chain(auth_knobs) {
         if !(least..=most).contains(&value) {
             return Err(ConfigError::new(
                 key,

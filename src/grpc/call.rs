@@ -8,14 +8,26 @@ use std::{
 };
 
 use tokio::sync::watch;
-use tonic::{Code, Request, Status, metadata::MetadataMap};
+use tonic::{
+    Code, Extensions, Request, Status,
+    metadata::MetadataMap,
+    transport::{
+        CertificateDer,
+        server::{TcpConnectInfo, TlsConnectInfo},
+    },
+};
 use tracing::Span;
 
 use super::{
     APP_METADATA_KEY, deadline,
     error::{CallError, Failure, Fault},
+    status,
 };
-use crate::{telemetry::ErrorChain, wecom};
+use crate::{
+    auth::{Access, AuthError, Caller},
+    telemetry::ErrorChain,
+    wecom,
+};
 
 /// Answers are computed at least this much before the caller's deadline, so the
 /// caller gets the gateway's DEADLINE_EXCEEDED (with details) rather than the bare
@@ -34,6 +46,53 @@ struct Arrival(Instant);
 pub fn stamp_arrival(mut request: Request<()>) -> Result<Request<()>, Status> {
     request.extensions_mut().insert(Arrival(Instant::now()));
     Ok(request)
+}
+
+/// What the connection tells of the caller: its address and, under mTLS, the
+/// client certificate the handshake verified.
+pub(super) struct Peer {
+    pub(super) addr: Option<SocketAddr>,
+    pub(super) certificate: Option<CertificateDer<'static>>,
+}
+
+impl Peer {
+    /// From a request's extensions, over plain TCP or TLS (gRPC and HTTP alike).
+    pub(super) fn of(extensions: &Extensions) -> Self {
+        if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
+            return Self {
+                addr: tls.get_ref().remote_addr(),
+                certificate: tls.peer_certs().and_then(|chain| chain.first().cloned()),
+            };
+        }
+        Self {
+            addr: extensions
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr),
+            certificate: None,
+        }
+    }
+}
+
+/// Interceptor for the services besides the gateway's own (health, reflection):
+/// unless `open`, their callers must prove who they are like any other.
+pub fn admit(
+    access: Access,
+    open: bool,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        if open {
+            return Ok(request);
+        }
+        let peer = Peer::of(request.extensions());
+        match access.identify(request.metadata(), peer.certificate.as_ref()) {
+            Ok(_) => Ok(request),
+            Err(why) => {
+                let failure = status::refuse(CallError::Unauthenticated(why));
+                tracing::debug!(reason = failure.reason, peer = ?peer.addr, "call refused");
+                Err(failure.status)
+            }
+        }
+    }
 }
 
 /// Raised when the shutdown grace is running out: calls still waiting for WeCom
@@ -63,43 +122,64 @@ pub(super) struct Call {
     arrival: Instant,
     /// The caller's address, for the audit.
     pub(super) peer: Option<SocketAddr>,
+    /// Who the caller is, or why it is not recognised: decided once, on arrival.
+    caller: Result<Caller, AuthError>,
     /// The RPC's span: the handler runs in it.
     pub(super) span: Span,
 }
 
 impl Call {
     /// Takes a gRPC request apart: the call, and its message.
-    pub(super) fn accept<T>(method: &'static str, request: Request<T>) -> (Self, T) {
-        let peer = request.remote_addr();
+    pub(super) fn accept<T>(
+        method: &'static str,
+        request: Request<T>,
+        access: &Access,
+    ) -> (Self, T) {
         let (metadata, extensions, message) = request.into_parts();
         let arrival = extensions
             .get::<Arrival>()
             .map_or_else(Instant::now, |arrival| arrival.0);
-        (Self::new(method, metadata, arrival, peer), message)
+        (
+            Self::new(method, metadata, &extensions, arrival, access),
+            message,
+        )
     }
 
-    /// A call of `method` that arrived at `arrival`.
+    /// A call of `method` that arrived at `arrival`, on the connection the
+    /// extensions describe, from the caller `access` recognises.
     pub(super) fn new(
         method: &'static str,
         metadata: MetadataMap,
+        extensions: &Extensions,
         arrival: Instant,
-        peer: Option<SocketAddr>,
+        access: &Access,
     ) -> Self {
+        let peer = Peer::of(extensions);
+        let caller = access.identify(&metadata, peer.certificate.as_ref());
         let span = tracing::info_span!(
             "rpc",
             rpc.system = "grpc",
             rpc.service = "wecom.kf.v1.CustomerUpgradeService",
             rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
+            enduser.id = caller.as_ref().ok().map(Caller::name),
             wecom.app = tracing::field::Empty,
             wecom.errcode = tracing::field::Empty,
         );
         Call {
             metadata,
             arrival,
-            peer,
+            peer: peer.addr,
+            caller,
             span,
         }
+    }
+
+    /// The caller, if it proved who it is.
+    pub(super) fn caller(&self) -> Result<&Caller, CallError> {
+        self.caller
+            .as_ref()
+            .map_err(|why| CallError::Unauthenticated(why.clone()))
     }
 
     /// The app the caller asked for, if any; sent at most once.

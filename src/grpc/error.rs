@@ -5,17 +5,30 @@ use std::time::Duration;
 use tonic::Status;
 
 use super::status;
-use crate::{domain::FieldViolation, wecom};
+use crate::{auth::AuthError, domain::FieldViolation, wecom};
 
 /// Why a call failed: the edge's own refusals, or the adapter's error.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CallError {
+    /// The caller did not prove who it is (caller authentication is on).
+    #[error("unauthenticated")]
+    Unauthenticated(#[from] AuthError),
+    /// The caller may not use the app it asked for (or the default app).
+    #[error("caller `{caller}` may not use app `{app}`")]
+    AppNotAllowed {
+        /// The caller's name.
+        caller: String,
+        /// The app.
+        app: String,
+        /// The apps it may use.
+        allowed: Vec<String>,
+    },
     /// `x-wecom-app` names no configured app.
     #[error("x-wecom-app `{requested}` is not a configured app")]
     UnknownApp {
         /// What the caller sent, bounded.
         requested: String,
-        /// The apps it could have named.
+        /// The apps this caller may use, which it could have named.
         configured: Vec<String>,
     },
     /// Metadata the gateway reads is unreadable or repeated.

@@ -19,7 +19,7 @@ mod http;
 mod service;
 pub mod status;
 
-pub use call::{Cutoff, stamp_arrival};
+pub use call::{Cutoff, admit, stamp_arrival};
 pub(crate) use http::{routes as http_routes, unknown_route};
 pub use service::{CallLimits, UpgradeGateway};
 

@@ -13,6 +13,7 @@ use super::{
     pb,
 };
 use crate::{
+    auth::{Access, Caller},
     domain::{Customer, Upgrade, UpgradeTarget},
     wecom::{self, AppClient, Apps},
 };
@@ -33,17 +34,19 @@ pub struct UpgradeGateway {
     limits: CallLimits,
     in_flight: Arc<Semaphore>,
     cutoff: Cutoff,
+    access: Access,
 }
 
 impl UpgradeGateway {
-    /// Serves the given apps within `limits`; calls still waiting for WeCom when
-    /// `cutoff` is raised end with SHUTTING_DOWN.
-    pub fn new(apps: Apps, limits: CallLimits, cutoff: Cutoff) -> Self {
+    /// Serves the given apps within `limits` to the callers `access` lets in;
+    /// calls still waiting for WeCom when `cutoff` is raised end with SHUTTING_DOWN.
+    pub fn new(apps: Apps, limits: CallLimits, cutoff: Cutoff, access: Access) -> Self {
         Self {
             apps,
             in_flight: Arc::new(Semaphore::new(limits.max_calls_in_flight)),
             limits,
             cutoff,
+            access,
         }
     }
 
@@ -74,13 +77,31 @@ impl UpgradeGateway {
             .await
     }
 
-    /// The app the call names, or the default app.
+    /// Who may call.
+    pub(super) fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// The app the call names, or the default app, if its caller may use it. A
+    /// caller learns only of the apps it may use.
     fn app(&self, call: &Call) -> Result<&AppClient, CallError> {
+        let caller = call.caller()?;
         let name = call.requested_app()?.unwrap_or(self.apps.default_app());
+        let allowed = || {
+            let names = self.apps.names().filter(|app| caller.may_use(app));
+            names.map(str::to_owned).collect()
+        };
         let app = self.apps.get(name).ok_or_else(|| CallError::UnknownApp {
             requested: bounded(name).to_owned(),
-            configured: self.apps.names().map(str::to_owned).collect(),
+            configured: allowed(),
         })?;
+        if !caller.may_use(name) {
+            return Err(CallError::AppNotAllowed {
+                caller: caller.name().to_owned(),
+                app: name.to_owned(),
+                allowed: allowed(),
+            });
+        }
         call.span.record("wecom.app", app.name());
         Ok(app)
     }
@@ -99,6 +120,7 @@ impl UpgradeGateway {
         &self,
         call: &Call,
     ) -> Result<pb::GetUpgradeConfigResponse, Failure> {
+        call.caller()?;
         let config = self
             .run(call, |app, deadline| app.get_upgrade_config(deadline))
             .await?;
@@ -110,6 +132,8 @@ impl UpgradeGateway {
         call: &Call,
         message: pb::UpgradeServiceRequest,
     ) -> Result<pb::UpgradeServiceResponse, Failure> {
+        // Who is asking comes first: an unknown caller learns nothing of its request.
+        let caller = call.caller()?;
         let upgrade = Upgrade::try_from(message).map_err(CallError::InvalidRequest)?;
         let outcome = self
             .run(call, |app, deadline| {
@@ -117,7 +141,14 @@ impl UpgradeGateway {
             })
             .await;
         let (app, target) = (self.audited_app(call), Some(&upgrade.target));
-        audit(call, app, "upgrade", &upgrade.customer, target, &outcome);
+        let event = Audit {
+            action: "upgrade",
+            caller,
+            app,
+            customer: &upgrade.customer,
+            target,
+        };
+        event.write(call, &outcome);
         outcome.map(|()| pb::UpgradeServiceResponse {})
     }
 
@@ -126,20 +157,21 @@ impl UpgradeGateway {
         call: &Call,
         message: pb::CancelUpgradeRequest,
     ) -> Result<pb::CancelUpgradeResponse, Failure> {
+        let caller = call.caller()?;
         let customer = Customer::try_from(message).map_err(CallError::InvalidRequest)?;
         let outcome = self
             .run(call, |app, deadline| {
                 app.cancel_upgrade(&customer, deadline)
             })
             .await;
-        audit(
-            call,
-            self.audited_app(call),
-            "cancel",
-            &customer,
-            None,
-            &outcome,
-        );
+        let event = Audit {
+            action: "cancel",
+            caller,
+            app: self.audited_app(call),
+            customer: &customer,
+            target: None,
+        };
+        event.write(call, &outcome);
         outcome.map(|()| pb::CancelUpgradeResponse {})
     }
 }
@@ -151,33 +183,47 @@ fn bounded(name: &str) -> &str {
         .map_or(name, |(end, _)| &name[..end])
 }
 
-/// One audit event per valid upgrade or cancel, whatever its outcome (an unknown
-/// app included): a timed-out call may still have taken effect at WeCom.
-fn audit(
-    call: &Call,
-    app: &str,
+/// One audit event per valid upgrade or cancel of a known caller, whatever its
+/// outcome (an unknown or forbidden app included): a timed-out call may still have
+/// taken effect at WeCom.
+struct Audit<'a> {
     action: &'static str,
-    customer: &Customer,
-    target: Option<&UpgradeTarget>,
-    outcome: &Result<(), Failure>,
-) {
-    let outcome = outcome
-        .as_ref()
-        .map_or_else(|f| f.status.code(), |()| Code::Ok);
-    let peer = call
-        .peer
-        .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-    tracing::info!(
-        target: "audit",
-        action,
-        peer,
-        app,
-        open_kfid = %customer.open_kfid,
-        external_userid = %customer.external_userid,
-        recommended = target.map(ToString::to_string),
-        outcome = ?outcome,
-        "{action}"
-    );
+    caller: &'a Caller,
+    /// The app asked for, configured or not.
+    app: &'a str,
+    customer: &'a Customer,
+    /// Whom the customer was recommended (an upgrade).
+    target: Option<&'a UpgradeTarget>,
+}
+
+impl Audit<'_> {
+    /// Writes the event on the `audit` target, with the outcome: the status code,
+    /// and for a failure its ErrorInfo reason and WeCom's errcode, if any.
+    fn write(self, call: &Call, outcome: &Result<(), Failure>) {
+        let (code, reason, errcode) = match outcome {
+            Ok(()) => (Code::Ok, None, None),
+            Err(f) => (f.status.code(), Some(f.reason), f.error.errcode()),
+        };
+        let peer = call
+            .peer
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        let action = self.action;
+        tracing::info!(
+            target: "audit",
+            action,
+            caller = self.caller.name(),
+            auth = self.caller.proof().as_str(),
+            peer,
+            app = self.app,
+            open_kfid = %self.customer.open_kfid,
+            external_userid = %self.customer.external_userid,
+            recommended = self.target.map(ToString::to_string),
+            outcome = ?code,
+            reason,
+            errcode,
+            "{action}"
+        );
+    }
 }
 
 #[tonic::async_trait]
@@ -186,7 +232,7 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::GetUpgradeConfigRequest>,
     ) -> Result<Response<pb::GetUpgradeConfigResponse>, Status> {
-        let (call, _) = Call::accept("GetUpgradeConfig", request);
+        let (call, _) = Call::accept("GetUpgradeConfig", request, &self.access);
         let result = self.get_config(&call).instrument(call.span.clone()).await;
         call.finish(result).map(Response::new)
     }
@@ -195,7 +241,7 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::UpgradeServiceRequest>,
     ) -> Result<Response<pb::UpgradeServiceResponse>, Status> {
-        let (call, message) = Call::accept("UpgradeService", request);
+        let (call, message) = Call::accept("UpgradeService", request, &self.access);
         let result = self
             .upgrade(&call, message)
             .instrument(call.span.clone())
@@ -207,7 +253,7 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::CancelUpgradeRequest>,
     ) -> Result<Response<pb::CancelUpgradeResponse>, Status> {
-        let (call, message) = Call::accept("CancelUpgrade", request);
+        let (call, message) = Call::accept("CancelUpgrade", request, &self.access);
         let result = self
             .cancel(&call, message)
             .instrument(call.span.clone())

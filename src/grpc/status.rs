@@ -75,6 +75,32 @@ impl Refusal {
 /// Maps a failed call to its status, in one match, and keeps the cause for the log.
 pub(crate) fn refuse(error: CallError) -> Failure {
     let mut refusal = match &error {
+        CallError::Unauthenticated(why) => Refusal::gateway(
+            Code::Unauthenticated,
+            why.reason(),
+            Fault::Caller,
+            format!(
+                "{why}; callers are given a token by the gateway's operator \
+                 (`wecom-kf-upgrade caller add`)"
+            ),
+        ),
+        CallError::AppNotAllowed {
+            caller,
+            app,
+            allowed,
+        } => Refusal::gateway(
+            Code::PermissionDenied,
+            "APP_NOT_ALLOWED",
+            Fault::Caller,
+            format!(
+                "caller `{caller}` may not use app `{app}`; send x-wecom-app with one of: {} \
+                 (the gateway's operator grants apps in the callers file)",
+                listed(allowed)
+            ),
+        )
+        .with("app", app)
+        .with("caller", caller)
+        .with("allowed_apps", allowed.join(",")),
         CallError::UnknownApp {
             requested,
             configured,
@@ -84,7 +110,7 @@ pub(crate) fn refuse(error: CallError) -> Failure {
             Fault::Caller,
             format!(
                 "x-wecom-app `{requested}` is not a configured app; use one of: {}",
-                configured.join(", ")
+                listed(configured)
             ),
         )
         .with("app", requested)
@@ -340,6 +366,15 @@ pub(crate) fn refuse(error: CallError) -> Failure {
         reason: refusal.reason,
         fault: refusal.fault,
         error,
+    }
+}
+
+/// Apps for a message: `a, b`, or `none` when the caller may use none.
+fn listed(apps: &[String]) -> String {
+    if apps.is_empty() {
+        "none (this caller may use no app)".to_owned()
+    } else {
+        apps.join(", ")
     }
 }
 

@@ -5,10 +5,18 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use secrecy::ExposeSecret;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
-use wecom_kf_upgrade::telemetry::{self, LogFormat};
+use wecom_kf_upgrade::{
+    auth::new_caller,
+    grpc::pb,
+    telemetry::{self, LogFormat},
+};
 
-use crate::helpers::*;
+use crate::{
+    auth::{request, spawn_guarded},
+    helpers::*,
+};
 
 /// Collects what the subscriber writes.
 #[derive(Clone, Default)]
@@ -204,4 +212,159 @@ async fn an_upgrade_for_an_unknown_app_is_audited_with_the_app_it_named() {
         (&"nope".into(), &"InvalidArgument".into())
     );
     assert!(app.sandbox.requests().is_empty());
+}
+
+// With caller authentication, the audit says who asked, how it proved it, and why
+// a call failed; a forbidden app is audited too.
+#[tokio::test(flavor = "current_thread")]
+async fn the_audit_names_the_caller_and_the_outcomes_reason_and_errcode() {
+    let captured = Captured::default();
+    let _guard = captured.install("audit=info");
+    let mut guarded = spawn_guarded("", |_| {}).await;
+    let shop = Some(guarded.shop.as_str());
+    let client = &mut guarded.app.client;
+
+    client
+        .upgrade_service(request(member_upgrade("zhangsan", ""), shop, None))
+        .await
+        .unwrap();
+    client
+        .upgrade_service(request(member_upgrade("wangwu", ""), shop, None))
+        .await
+        .unwrap_err();
+    client
+        .cancel_upgrade(request(cancel(), shop, Some("crm")))
+        .await
+        .unwrap_err();
+    // Unauthenticated calls are refused before anything happens: no audit event.
+    client.cancel_upgrade(cancel()).await.unwrap_err();
+
+    let events = captured.audit_events();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let field = |key: &str| e[key].as_str().unwrap_or("-").to_owned();
+            let errcode = e["errcode"]
+                .as_i64()
+                .map_or("-".to_owned(), |c| c.to_string());
+            [
+                field("action"),
+                field("caller"),
+                field("auth"),
+                field("app"),
+                field("outcome"),
+                field("reason"),
+                errcode,
+            ]
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ["upgrade", "shop", "token", "default", "Ok", "-", "-"],
+            [
+                "upgrade",
+                "shop",
+                "token",
+                "default",
+                "FailedPrecondition",
+                "UPGRADE_TARGET_NOT_CONFIGURED",
+                "95021"
+            ],
+            [
+                "cancel",
+                "shop",
+                "token",
+                "crm",
+                "PermissionDenied",
+                "APP_NOT_ALLOWED",
+                "-"
+            ],
+        ]
+    );
+    for event in &events {
+        assert_eq!(event["open_kfid"], OPEN_KFID, "{event}");
+        assert_eq!(event["external_userid"], EXTERNAL_USERID, "{event}");
+    }
+    assert_eq!(events[1]["recommended"], "member wangwu");
+}
+
+// Caller tokens, the corp secret and WeCom's access token stay out of every log
+// line (trace included), every status a caller gets, and `check-config`.
+#[tokio::test(flavor = "current_thread")]
+async fn no_output_holds_a_caller_token_the_corp_secret_or_an_access_token() {
+    let captured = Captured::default();
+    let _guard = captured.install("trace");
+    let fake = FakeUpstream::start(vec![Scripted::Json(
+        r#"{"errcode":95021,"errmsg":"not configured"}"#,
+    )])
+    .await;
+    let caller = new_caller("shop", &["*".into()]).unwrap();
+    let token = caller.token.expose_secret().to_owned();
+    let dir = TempDir::new("leaks");
+    let callers_file = dir.write("callers.toml", &caller.entry);
+    let corp_secret = "CORP-SECRET-must-not-leak";
+    let config = format!(
+        "[[apps]]\nname = \"shop\"\ncorp_id = \"wwfake\"\nsecret = \"{corp_secret}\"\n\
+         [auth]\ncallers_file = \"{}\"\n",
+        callers_file.display()
+    );
+    let settings = settings_from(&config, &[("WECOM_API_BASE", &fake.base_url())]);
+    let printed = settings.to_toml();
+    let (mut client, _, _, _stop, _) = start(settings).await;
+
+    let mut statuses = Vec::new();
+    let bearer = Some(token.as_str());
+    let results = [
+        client
+            .upgrade_service(request(member_upgrade("zhangsan", ""), bearer, None))
+            .await
+            .map(drop),
+        client
+            .get_upgrade_config(request(
+                pb::GetUpgradeConfigRequest {},
+                bearer,
+                Some("nope"),
+            ))
+            .await
+            .map(drop),
+        client
+            .cancel_upgrade(request(cancel(), bearer, None))
+            .await
+            .map(drop),
+        // A near miss: the token with one character changed.
+        client
+            .cancel_upgrade(request(cancel(), Some(&token.replace('a', "b")), None))
+            .await
+            .map(drop),
+    ];
+    for result in results {
+        if let Err(status) = result {
+            statuses.push(format!("{status:?}"));
+        }
+    }
+    assert_eq!(statuses.len(), 3, "{statuses:#?}");
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("upgrade"), "the capture works: {logs}");
+    let token_digest = caller
+        .entry
+        .split('"')
+        .nth(5)
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(token_digest.len(), 64);
+    for (output, text) in [
+        ("logs", &logs),
+        ("statuses", &statuses.join("\n")),
+        ("check-config", &printed),
+    ] {
+        for secret in [token.as_str(), corp_secret, "FAKE-TOKEN-123", &token_digest] {
+            assert!(!text.contains(secret), "{output} hold {secret}: {text}");
+        }
+    }
+    assert!(
+        printed.contains("#   shop: every app (with a bearer token)"),
+        "{printed}"
+    );
 }

@@ -4,7 +4,11 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -44,7 +48,24 @@ pub fn test_settings(api_base: &str, corp_id: &str, secret: &str) -> Settings {
         ("WECOM_CORP_SECRET".to_owned(), secret.to_owned()),
         ("WECOM_API_BASE".to_owned(), api_base.to_owned()),
     ]);
-    let mut settings = Settings::load(None, &env).expect("test settings are valid");
+    let settings = Settings::load(None, &env).expect("test settings are valid");
+    for_tests(settings)
+}
+
+/// Settings from a configuration file's text and environment variables, with the
+/// test adjustments of [`test_settings`].
+pub fn settings_from(config: &str, vars: &[(&str, &str)]) -> Settings {
+    let dir = TempDir::new("config");
+    let path = dir.write("config.toml", config);
+    let env: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let settings = Settings::load(Some(&path), &env).expect("test settings are valid");
+    for_tests(settings)
+}
+
+fn for_tests(mut settings: Settings) -> Settings {
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.admin_listen = "127.0.0.1:0".parse().unwrap();
     settings.upstream.retry_backoff = Duration::from_millis(5);
@@ -62,10 +83,23 @@ pub async fn spawn_app() -> TestApp {
 
 /// The gateway against a fresh sandbox, with settings adjusted by `adjust`.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_configured(
+        |sandbox| test_settings(sandbox, DEMO_CORP_ID, DEMO_SECRET),
+        adjust,
+    )
+    .await
+}
+
+/// The gateway against a fresh sandbox, with the settings `configure` makes for the
+/// sandbox's base URL, adjusted by `adjust`.
+pub async fn spawn_app_configured(
+    configure: impl FnOnce(&str) -> Settings,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
     init_test_logging();
     let sandbox = Sandbox::new(SandboxConfig::default());
     let handle = sandbox.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let mut settings = test_settings(&handle.base_url(), DEMO_CORP_ID, DEMO_SECRET);
+    let mut settings = configure(&handle.base_url());
     adjust(&mut settings);
     let (client, grpc_addr, admin_addr, stop, server) = start(settings).await;
     TestApp {
@@ -89,6 +123,17 @@ pub async fn start(
     oneshot::Sender<()>,
     JoinHandle<()>,
 ) {
+    let (grpc_addr, admin_addr, stop, server) = start_server(settings).await;
+    let client = Client::connect(format!("http://{grpc_addr}"))
+        .await
+        .expect("client connects");
+    (client, grpc_addr, admin_addr, stop, server)
+}
+
+/// Starts the gateway with `settings`; returns its addresses and handles.
+pub async fn start_server(
+    settings: Settings,
+) -> (SocketAddr, SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
     let app = Application::build(settings).await.expect("gateway builds");
     let (grpc_addr, admin_addr) = (app.grpc_addr(), app.admin_addr());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -99,10 +144,41 @@ pub async fn start(
         .await
         .expect("gateway runs");
     });
-    let client = Client::connect(format!("http://{grpc_addr}"))
-        .await
-        .expect("client connects");
-    (client, grpc_addr, admin_addr, stop, server)
+    (grpc_addr, admin_addr, stop, server)
+}
+
+/// A directory of files for one test, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(purpose: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("wku-test-{}-{purpose}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` in the directory, replacing the file at once
+    /// (written aside, then renamed, as Kubernetes and cert-manager do).
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.0.join(name);
+        let aside = self.0.join(format!(".{name}.new"));
+        std::fs::write(&aside, contents).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl TestApp {

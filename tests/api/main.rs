@@ -2,6 +2,7 @@
 //! tonic client, against the sandbox or a scripted fake upstream.
 
 mod audit;
+mod auth;
 mod errors;
 mod fault_proxy;
 mod faults;
@@ -9,6 +10,7 @@ mod helpers;
 mod http;
 mod lifecycle;
 mod reliability;
+mod tls;
 mod token;
 mod upgrade;
 mod validation;

@@ -61,6 +61,19 @@ app.kubernetes.io/component: gateway
 {{- define "wecom-kf-upgrade.configDir" -}}/etc/wecom-kf-upgrade{{- end }}
 {{- define "wecom-kf-upgrade.secretDir" -}}/var/run/secrets/wecom{{- end }}
 
+{{/* Where the TLS Secret, the client CA and the callers file are mounted. */}}
+{{- define "wecom-kf-upgrade.tlsDir" -}}/var/run/secrets/wecom-kf-upgrade/tls{{- end }}
+{{- define "wecom-kf-upgrade.clientCaDir" -}}/var/run/secrets/wecom-kf-upgrade/client-ca{{- end }}
+{{- define "wecom-kf-upgrade.callersDir" -}}/var/run/secrets/wecom-kf-upgrade/callers{{- end }}
+
+{{/*
+"true" when the kubelet can probe grpc.health.v1.Health itself: its gRPC probes speak neither
+TLS nor bearer tokens. Otherwise the probes ask the admin port's /healthz and /readyz.
+*/}}
+{{- define "wecom-kf-upgrade.grpcProbes" -}}
+{{- if and (not .Values.tls.secretName) (or (not .Values.auth.callersSecretName) .Values.auth.openHealth) }}true{{ end }}
+{{- end }}
+
 {{/* The Secret holding the corp secrets: the user's existingSecret or the chart's. */}}
 {{- define "wecom-kf-upgrade.secretName" -}}
 {{- default (include "wecom-kf-upgrade.fullname" .) .Values.wecom.existingSecret }}
@@ -114,6 +127,12 @@ would refuse them at start, later and further from the cause.
 {{- if and (not $app.secret) (not $w.existingSecret) (not $.Values.sandbox.enabled) }}
 {{- fail (printf "wecom.apps[%d].secret: is required (or set wecom.existingSecret with a key %s)" $i $app.name) }}
 {{- end }}
+{{- end }}
+{{- if and .Values.tls.clientCa.secretName (not .Values.tls.secretName) }}
+{{- fail "tls.clientCa.secretName: mTLS needs TLS; set tls.secretName (a kubernetes.io/tls Secret) as well" }}
+{{- end }}
+{{- if and .Values.tests.enabled .Values.auth.callersSecretName (not .Values.auth.openHealth) }}
+{{- fail "auth.openHealth: false closes health to callers without a token, and the helm test pod has none; set tests.enabled=false as well" }}
 {{- end }}
 {{- if and $w.corpId $w.defaultApp (ne $w.defaultApp "default") }}
 {{- fail "wecom.defaultApp: with wecom.corpId the default app is that app, named default; leave defaultApp empty" }}
@@ -188,6 +207,13 @@ max_decode_message_bytes = {{ int64 $c.server.maxDecodeMessageBytes }}
 max_concurrent_streams = {{ int64 $c.server.maxConcurrentStreams }}
 drain_delay_ms = {{ int64 $c.server.drainDelayMs }}
 shutdown_grace_ms = {{ int64 $c.server.shutdownGraceMs }}
+{{- if .Values.auth.callersSecretName }}
+
+# The callers file itself is named by WECOM_CALLERS_FILE.
+[auth]
+open_health = {{ .Values.auth.openHealth }}
+open_reflection = {{ .Values.auth.openReflection }}
+{{- end }}
 {{ end }}
 
 {{/*
@@ -199,4 +225,59 @@ port), rounded up to whole seconds, plus a margin.
 {{- $s := .Values.config.server }}
 {{- $ms := add (int64 $s.drainDelayMs) (mul 2 (int64 $s.shutdownGraceMs)) }}
 {{- add (div (add $ms 999) 1000) (int64 .Values.terminationGraceMarginSeconds) }}
+{{- end }}
+
+{{/* The gateway's mounts of the TLS Secret, the client CA and the callers file (each if set). */}}
+{{- define "wecom-kf-upgrade.securityMounts" -}}
+{{- if .Values.tls.secretName }}
+- name: tls
+  mountPath: {{ include "wecom-kf-upgrade.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.clientCa.secretName }}
+- name: client-ca
+  mountPath: {{ include "wecom-kf-upgrade.clientCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.callersSecretName }}
+- name: callers
+  mountPath: {{ include "wecom-kf-upgrade.callersDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Their volumes: whole Secret volumes (never subPath, which would freeze the files), only the
+keys the gateway reads, readable by owner and group (fsGroup).
+*/}}
+{{- define "wecom-kf-upgrade.securityVolumes" -}}
+{{- if .Values.tls.secretName }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.tls.clientCa.secretName }}
+- name: client-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.tls.clientCa.key }}
+        path: {{ $.Values.tls.clientCa.key }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.auth.callersSecretName }}
+- name: callers
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.auth.callersKey }}
+        path: {{ $.Values.auth.callersKey }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}

@@ -20,14 +20,17 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Request, State},
-    http::{HeaderValue, Method, StatusCode, header::CONTENT_TYPE},
+    http::{
+        HeaderValue, Method, StatusCode,
+        header::{CONTENT_TYPE, WWW_AUTHENTICATE},
+    },
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use http_body_util::LengthLimitError;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
-use tonic::{Code, Status, metadata::MetadataMap, transport::server::TcpConnectInfo};
+use tonic::{Code, Status, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument;
 
@@ -120,18 +123,19 @@ impl Transcoder {
     ) -> (Call, Result<Bytes, Failure>) {
         let arrival = Instant::now();
         let (parts, body) = request.into_parts();
-        let peer = parts
-            .extensions
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr);
         let posted = parts.method == Method::POST;
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let call = Call::new(
             method,
             MetadataMap::from_headers(parts.headers),
+            &parts.extensions,
             arrival,
-            peer,
+            self.gateway.access(),
         );
+        // An unknown caller is refused before its body is read.
+        if let Err(refused) = call.caller() {
+            return (call, Err(refused.into()));
+        }
         if posted && !is_json(content_type.as_ref()) {
             let found = content_type.map_or_else(
                 || "none".to_owned(),
@@ -234,14 +238,21 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
     })
 }
 
-/// 200 with the JSON message, or the error's HTTP status with its `google.rpc.Status`.
+/// 200 with the JSON message, or the error's HTTP status with its `google.rpc.Status`
+/// (and on a 401 the `WWW-Authenticate` challenge HTTP requires).
 fn respond(result: Result<impl Serialize, Status>) -> Response {
     match result {
         Ok(message) => Json(message).into_response(),
         Err(status) => {
             let details = status.get_error_details();
             let body = StatusJson::new(&status, &details);
-            (http_status(status.code()), Json(body)).into_response()
+            let mut response = (http_status(status.code()), Json(body)).into_response();
+            if status.code() == Code::Unauthenticated {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
         }
     }
 }
