@@ -9,6 +9,7 @@ mod faults;
 mod helpers;
 mod http;
 mod lifecycle;
+mod process;
 mod reliability;
 mod tls;
 mod token;
