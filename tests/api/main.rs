@@ -6,6 +6,7 @@ mod auth;
 mod errors;
 mod fault_proxy;
 mod faults;
+mod fleet;
 mod helpers;
 mod http;
 mod lifecycle;

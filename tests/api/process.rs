@@ -127,4 +127,3 @@ pub fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let len = line[start..].find('"')?;
     Some(&line[start..start + len])
 }
-

@@ -1,0 +1,322 @@
+//! A fleet: three gateway processes, one real `redis-server`, one sandbox. One
+//! `gettoken` for the fleet, one rate budget for the fleet, and no call failed
+//! because Redis stopped, was slow or came back empty.
+//!
+//! The tests need Debian's `redis-server` on the PATH (scripts/e2e.sh installs
+//! it). Without it they say so and pass, except in CI (`CI=true`), where they fail.
+
+use std::{
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tonic::Code;
+use wecom_kf_upgrade::{
+    grpc::pb,
+    sandbox::{Fault, Sandbox, SandboxConfig, SandboxHandle},
+    wecom::Endpoint,
+};
+
+use crate::{helpers::*, process::Gateway};
+
+/// A `redis-server` of the test's own on a free loopback port, nothing persisted.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A running server, or `None` (with a message) where none is installed.
+    fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "redis-server is not installed, and CI must run the fleet tests: \
+                 install Debian's redis-server (scripts/e2e.sh's APT_PACKAGES)"
+            );
+            eprintln!(
+                "SKIPPED: redis-server not found on PATH; install Debian's redis-server \
+                 to run the fleet tests"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut server = Self { port, child: None };
+        server.restart();
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, empty) and waits until it accepts connections.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server listens"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Redis, a sandbox, and gateways sharing them.
+struct Fleet {
+    redis: RedisServer,
+    sandbox: Arc<Sandbox>,
+    handle: SandboxHandle,
+    gateways: Vec<Gateway>,
+}
+
+impl Fleet {
+    /// `replicas` gateways configured with `config` and `[redis]` (plus `redis`,
+    /// extra keys of that table), each connected to Redis; `None` without redis-server.
+    async fn start(replicas: usize, config: &str, redis: &str) -> Option<Self> {
+        let server = RedisServer::start()?;
+        let sandbox = Sandbox::new(SandboxConfig::default());
+        let handle = sandbox.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut fleet = Self {
+            redis: server,
+            sandbox,
+            handle,
+            gateways: Vec::new(),
+        };
+        for _ in 0..replicas {
+            fleet.add(config, redis);
+        }
+        Some(fleet)
+    }
+
+    fn add(&mut self, config: &str, redis: &str) {
+        let config = format!("{config}\n[redis]\nurl = \"{}\"\n{redis}", self.redis.url());
+        let gateway = Gateway::start(&self.handle, &config, None);
+        wait_for_line(&gateway, "connected to redis");
+        self.gateways.push(gateway);
+    }
+
+    async fn clients(&self) -> Vec<Client> {
+        let mut clients = Vec::new();
+        for gateway in &self.gateways {
+            clients.push(gateway.client().await);
+        }
+        clients
+    }
+
+    /// `n` GetUpgradeConfig calls at once, spread over the gateways in turn:
+    /// the failures.
+    async fn get_config(&self, n: usize) -> Vec<tonic::Status> {
+        let clients = self.clients().await;
+        let calls: Vec<_> = (0..n)
+            .map(|i| {
+                let mut client = clients[i % clients.len()].clone();
+                tokio::spawn(async move {
+                    client
+                        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
+                        .await
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for call in calls {
+            if let Err(status) = call.await.unwrap() {
+                failed.push(status);
+            }
+        }
+        failed
+    }
+}
+
+fn wait_for_line(gateway: &Gateway, text: &str) {
+    let started = Instant::now();
+    while gateway.lines_with(text).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the gateway logs `{text}`"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// WeCom's limits far away, so that only tokens are under test.
+const NO_LIMITS: &str = "[limits]\ncorp_api_per_minute = 1000000\ncorp_api_per_hour = 100000000\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_fleet_makes_one_gettoken_for_a_thousand_calls() {
+    let Some(fleet) = Fleet::start(3, NO_LIMITS, "").await else {
+        return;
+    };
+    let failed = fleet.get_config(1_000).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(fleet.sandbox.gettoken_calls(), 1);
+    for gateway in &fleet.gateways {
+        assert!(gateway.lines_with("redis unreachable").is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_refused_by_one_replica_is_replaced_once_for_the_fleet() {
+    let Some(fleet) = Fleet::start(3, NO_LIMITS, "").await else {
+        return;
+    };
+    assert!(fleet.get_config(30).await.is_empty());
+    assert_eq!(fleet.sandbox.gettoken_calls(), 1);
+    // Every replica holds the token; WeCom now answers 42001 to it.
+    fleet.sandbox.expire_tokens();
+    let failed = fleet.get_config(90).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        fleet.sandbox.gettoken_calls(),
+        2,
+        "one new token for the three replicas"
+    );
+    // And once more, one replica at a time.
+    fleet.sandbox.expire_tokens();
+    for client in fleet.clients().await {
+        let mut client = client;
+        client
+            .get_upgrade_config(pb::GetUpgradeConfigRequest {})
+            .await
+            .unwrap();
+    }
+    assert_eq!(fleet.sandbox.gettoken_calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_across_the_fleet_reaches_wecom_no_faster_than_the_one_rate() {
+    // 120 a minute for the fleet: a burst of 12, then one slot every 556 ms.
+    let config = "[limits]\ncorp_api_per_minute = 120\nmax_wait_ms = 1500\n";
+    let Some(fleet) = Fleet::start(3, config, "").await else {
+        return;
+    };
+    let started = Instant::now();
+    let failed = fleet.get_config(60).await;
+    let elapsed = started.elapsed();
+    for status in &failed {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    }
+    let reached = fleet
+        .sandbox
+        .requests_to(Endpoint::GetUpgradeConfig.path())
+        .len();
+    assert_eq!(reached + failed.len(), 60);
+    // One replica alone admits the burst and about 1.5 s / 556 ms more; three
+    // replicas with budgets of their own would admit three times that.
+    let slots = 12 + (elapsed.as_millis() / 556) as usize + 1;
+    assert!(
+        (13..=slots).contains(&reached),
+        "{reached} calls reached WeCom in {elapsed:?}; the fleet's budget is {slots}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_keep_working_while_redis_is_down_and_sharing_resumes_when_it_is_back() {
+    let Some(mut fleet) = Fleet::start(3, NO_LIMITS, "command_timeout_ms = 100\n").await else {
+        return;
+    };
+    assert!(fleet.get_config(60).await.is_empty());
+    assert_eq!(fleet.sandbox.gettoken_calls(), 1);
+
+    fleet.redis.stop();
+    for _ in 0..5 {
+        let failed = fleet.get_config(60).await;
+        assert!(failed.is_empty(), "Redis down fails no call: {failed:?}");
+    }
+    for gateway in &fleet.gateways {
+        wait_for_line(gateway, "redis unreachable");
+    }
+    // Tokens refused meanwhile are fetched by each replica on its own.
+    fleet.sandbox.expire_tokens();
+    assert!(fleet.get_config(30).await.is_empty());
+    assert_eq!(fleet.sandbox.gettoken_calls(), 4, "one per replica");
+
+    // Redis is back, empty: the replicas find it again by themselves.
+    fleet.redis.restart();
+    let back = Instant::now();
+    loop {
+        assert!(fleet.get_config(30).await.is_empty());
+        if fleet
+            .gateways
+            .iter()
+            .all(|g| !g.lines_with("redis answers again").is_empty())
+        {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "the gateways reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fleet.sandbox.expire_tokens();
+    assert!(fleet.get_config(90).await.is_empty());
+    assert_eq!(
+        fleet.sandbox.gettoken_calls(),
+        5,
+        "shared again: one gettoken for the fleet"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_owner_killed_mid_fetch_holds_the_fleet_no_longer_than_the_lock() {
+    let Some(mut fleet) = Fleet::start(2, NO_LIMITS, "lock_ttl_ms = 2000\n").await else {
+        return;
+    };
+    fleet.sandbox.push_fault(Fault {
+        path: Endpoint::GetToken.path().to_owned(),
+        delay_ms: 30_000,
+        ..Fault::default()
+    });
+    let mut owner = fleet.gateways[0].client().await;
+    tokio::spawn(async move {
+        let _ = owner
+            .get_upgrade_config(pb::GetUpgradeConfigRequest {})
+            .await;
+    });
+    while fleet.sandbox.gettoken_calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first replica holds the lock and waits for WeCom: it dies there.
+    drop(fleet.gateways.remove(0));
+    let started = Instant::now();
+    let mut other = fleet.gateways[0].client().await;
+    other
+        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
+        .await
+        .expect("served once the lock expired");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(2_000 + 1_500), "{waited:?}");
+    assert_eq!(fleet.sandbox.gettoken_calls(), 2);
+}
