@@ -312,10 +312,15 @@ async fn a_lock_owner_killed_mid_fetch_holds_the_fleet_no_longer_than_the_lock()
     drop(fleet.gateways.remove(0));
     let started = Instant::now();
     let mut other = fleet.gateways[0].client().await;
-    other
-        .get_upgrade_config(pb::GetUpgradeConfigRequest {})
-        .await
-        .expect("served once the lock expired");
+    let call = tokio::spawn(async move {
+        other
+            .get_upgrade_config(pb::GetUpgradeConfigRequest {})
+            .await
+    });
+    // While the lock holds, the other replica waits instead of fetching.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fleet.sandbox.gettoken_calls(), 1);
+    call.await.unwrap().expect("served once the lock expired");
     let waited = started.elapsed();
     assert!(waited < Duration::from_millis(2_000 + 1_500), "{waited:?}");
     assert_eq!(fleet.sandbox.gettoken_calls(), 2);
