@@ -260,3 +260,115 @@ impl RedisSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::Settings;
+
+    /// Loads `text` as the file, with one app and `vars` in the environment.
+    fn load(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let path = std::env::temp_dir().join(format!(
+            "wecom-kf-redis-{}-{}.toml",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&path, text).unwrap();
+        let mut env: BTreeMap<String, String> =
+            [("WECOM_CORP_ID", "ww"), ("WECOM_CORP_SECRET", "s")]
+                .iter()
+                .chain(vars)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        env.retain(|_, v| !v.is_empty());
+        let settings = Settings::load(Some(&path), &env);
+        let _ = std::fs::remove_file(&path);
+        settings
+    }
+
+    #[test]
+    fn without_a_url_nothing_is_shared() {
+        let settings = load("", &[]).unwrap();
+        assert!(settings.redis.is_none());
+        assert!(settings.adapter().0.fleet.is_none());
+        assert!(!settings.to_toml().contains("[redis]"));
+    }
+
+    #[test]
+    fn the_environment_wins_and_passwords_are_shown_nowhere() {
+        let text =
+            "[redis]\nurl = \"redis://:FILE-PASS@file.example:6379\"\nfallback_share = 0.25\n";
+        let url = "rediss://acl-user:ENV-PASS@env.example:6380/2";
+        let settings = load(text, &[(REDIS_URL, url)]).unwrap();
+        let redis = settings.redis.as_ref().unwrap();
+        assert_eq!(redis.url.host_str(), Some("env.example"));
+        assert_eq!(redis.fallback_share, 0.25);
+        assert_eq!(redis.command_timeout, Duration::from_millis(200));
+        let fleet = settings.adapter().0.fleet.unwrap();
+        let account = fleet.connection.redis_settings();
+        assert_eq!(account.username(), Some("acl-user"));
+        assert_eq!(account.password(), Some("ENV-PASS"));
+        let shown = format!("{} {settings:?} {fleet:?}", settings.to_toml());
+        assert!(
+            shown.contains("rediss://acl-user:****@env.example:6380/2"),
+            "{shown}"
+        );
+        for secret in ["ENV-PASS", "FILE-PASS"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        // What check-config prints loads back.
+        let again = load(&settings.to_toml(), &[]).unwrap();
+        assert_eq!(again.redis.unwrap().fallback_share, 0.25);
+    }
+
+    #[test]
+    fn the_password_and_user_may_come_from_a_file_or_a_variable() {
+        let file = std::env::temp_dir().join(format!("wecom-kf-redis-pw-{}", std::process::id()));
+        std::fs::write(&file, "FILE-PASS\n").unwrap();
+        let text = format!(
+            "[redis]\nurl = \"redis://127.0.0.1\"\nusername = \"gw\"\npassword_file = \"{}\"\n",
+            file.display()
+        );
+        let settings = load(&text, &[]).unwrap();
+        let fleet = settings.adapter().0.fleet.unwrap();
+        assert_eq!(
+            fleet.connection.redis_settings().password(),
+            Some("FILE-PASS")
+        );
+        assert_eq!(fleet.connection.redis_settings().username(), Some("gw"));
+        let shown = settings.to_toml();
+        assert!(shown.contains("password_file"), "{shown}");
+        assert!(!shown.contains("FILE-PASS"), "{shown}");
+        let _ = std::fs::remove_file(&file);
+
+        let text = "[redis]\nurl = \"redis://127.0.0.1\"\npassword_env = \"REDIS_PW\"\n";
+        let settings = load(text, &[("REDIS_PW", "VAR-PASS")]).unwrap();
+        let fleet = settings.adapter().0.fleet.unwrap();
+        assert_eq!(
+            fleet.connection.redis_settings().password(),
+            Some("VAR-PASS")
+        );
+        assert_eq!(load(text, &[]).unwrap_err().key, "redis.password_env");
+    }
+
+    #[test]
+    fn bad_values_are_named_without_quoting_the_url() {
+        let error = load("", &[(REDIS_URL, "http://:PASS@redis.example")]).unwrap_err();
+        assert_eq!(error.key, REDIS_URL);
+        assert!(!error.to_string().contains("PASS"), "{error}");
+        let key = |text: &str| load(text, &[]).unwrap_err().key;
+        assert_eq!(key("[redis]\nurl = \"not a url\"\n"), "redis.url");
+        let with = |knob: &str| format!("[redis]\nurl = \"redis://h\"\n{knob}\n");
+        assert_eq!(key(&with("fallback_share = 0.0")), "redis.fallback_share");
+        assert_eq!(key(&with("fallback_share = 1.5")), "redis.fallback_share");
+        assert_eq!(key(&with("key_prefix = \"a{b}\"")), "redis.key_prefix");
+        assert_eq!(
+            key(&with("command_timeout_ms = 0")),
+            "redis.command_timeout_ms"
+        );
+        assert_eq!(key(&with("lock_ttl_ms = 10")), "redis.lock_ttl_ms");
+        assert_eq!(key(&with("colour = 1")), "--config");
+    }
+}
