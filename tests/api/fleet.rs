@@ -127,6 +127,12 @@ impl Fleet {
         self.gateways.push(gateway);
     }
 
+    /// A gateway that shares nothing: a replica as it was before Redis.
+    fn add_alone(&mut self, config: &str) {
+        self.gateways
+            .push(Gateway::start(&self.handle, config, None));
+    }
+
     async fn clients(&self) -> Vec<Client> {
         let mut clients = Vec::new();
         for gateway in &self.gateways {
@@ -324,4 +330,87 @@ async fn a_lock_owner_killed_mid_fetch_holds_the_fleet_no_longer_than_the_lock()
     let waited = started.elapsed();
     assert!(waited < Duration::from_millis(2_000 + 1_500), "{waited:?}");
     assert_eq!(fleet.sandbox.gettoken_calls(), 2);
+}
+
+/// Figures, not a check: gettoken calls and calls a second reaching WeCom for one
+/// and three replicas with and without Redis, and the latency Redis adds to a call.
+/// `cargo test --release --test api fleet_figures -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, run by hand"]
+async fn fleet_figures() {
+    // 600 a minute: a burst of 60, then 9 a second.
+    let limited = "[limits]\ncorp_api_per_minute = 600\nmax_wait_ms = 0\n";
+    let window = Duration::from_secs(10);
+    for shared in [false, true] {
+        for replicas in [1, 3] {
+            let Some(mut fleet) = Fleet::start(0, "", "").await else {
+                return;
+            };
+            for _ in 0..replicas {
+                if shared {
+                    fleet.add(limited, "");
+                } else {
+                    fleet.add_alone(limited);
+                }
+            }
+            let clients = fleet.clients().await;
+            let started = Instant::now();
+            let loops: Vec<_> = (0..30)
+                .map(|i| {
+                    let mut client = clients[i % clients.len()].clone();
+                    tokio::spawn(async move {
+                        while started.elapsed() < window {
+                            let call = client.get_upgrade_config(pb::GetUpgradeConfigRequest {});
+                            if let Err(status) = call.await {
+                                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in loops {
+                task.await.unwrap();
+            }
+            let reached = fleet
+                .sandbox
+                .requests_to(Endpoint::GetUpgradeConfig.path())
+                .len();
+            println!(
+                "replicas={replicas} redis={shared} gettoken={} reached_wecom_per_s={:.1} \
+                 (limit 600/min: burst 60 + 9/s)",
+                fleet.sandbox.gettoken_calls(),
+                reached as f64 / window.as_secs_f64()
+            );
+        }
+    }
+    for shared in [false, true] {
+        let Some(mut fleet) = Fleet::start(0, "", "").await else {
+            return;
+        };
+        if shared {
+            fleet.add(NO_LIMITS, "");
+        } else {
+            fleet.add_alone(NO_LIMITS);
+        }
+        let mut client = fleet.clients().await.remove(0);
+        let mut latencies = Vec::new();
+        for i in 0..3_000 {
+            let started = Instant::now();
+            client
+                .get_upgrade_config(pb::GetUpgradeConfigRequest {})
+                .await
+                .unwrap();
+            if i >= 500 {
+                latencies.push(started.elapsed());
+            }
+        }
+        latencies.sort();
+        let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
+        println!(
+            "redis={shared} sequential calls: mean={mean:?} p50={:?} p99={:?}",
+            latencies[latencies.len() / 2],
+            latencies[latencies.len() * 99 / 100]
+        );
+    }
 }
