@@ -2,7 +2,7 @@
 //! `gettoken` for the fleet, one rate budget for the fleet, and no call failed
 //! because Redis stopped, was slow or came back empty.
 //!
-//! The tests need Debian's `redis-server` on the PATH (scripts/e2e.sh installs
+//! The tests need Debian's `redis-server` on the PATH (scripts/apt-packages.sh installs
 //! it). Without it they say so and pass, except in CI (`CI=true`), where they fail.
 
 use std::{
@@ -38,7 +38,7 @@ impl RedisServer {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "redis-server is not installed, and CI must run the fleet tests: \
-                 install Debian's redis-server (scripts/e2e.sh's APT_PACKAGES)"
+                 install Debian's redis-server (scripts/apt-packages.sh, which .ci/run runs before the tests)"
             );
             eprintln!(
                 "SKIPPED: redis-server not found on PATH; install Debian's redis-server \
@@ -77,6 +77,14 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Freezes it (SIGSTOP), or thaws it (SIGCONT): a Redis that accepts
+    /// connections and answers nothing, as when it is overloaded.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
     }
 
     fn stop(&mut self) {
@@ -293,6 +301,37 @@ async fn calls_keep_working_while_redis_is_down_and_sharing_resumes_when_it_is_b
         5,
         "shared again: one gettoken for the fleet"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_answers_nothing_holds_no_call_past_its_command_timeout() {
+    let Some(fleet) = Fleet::start(3, NO_LIMITS, "command_timeout_ms = 100\n").await else {
+        return;
+    };
+    assert!(fleet.get_config(30).await.is_empty());
+    fleet.redis.signal("-STOP");
+    let mut slowest = Duration::ZERO;
+    for mut client in fleet.clients().await {
+        for _ in 0..5 {
+            let started = Instant::now();
+            client
+                .get_upgrade_config(pb::GetUpgradeConfigRequest {})
+                .await
+                .expect("a silent Redis fails no call");
+            slowest = slowest.max(started.elapsed());
+        }
+    }
+    fleet.redis.signal("-CONT");
+    // One command timeout, and one more for the retry after a dropped connection.
+    assert!(slowest < Duration::from_millis(600), "{slowest:?}");
+    for gateway in &fleet.gateways {
+        wait_for_line(gateway, "redis unreachable");
+    }
+    fleet.sandbox.expire_tokens();
+    assert!(fleet.get_config(90).await.is_empty());
+    for gateway in &fleet.gateways {
+        wait_for_line(gateway, "redis answers again");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
