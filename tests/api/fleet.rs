@@ -335,6 +335,20 @@ async fn a_redis_that_answers_nothing_holds_no_call_past_its_command_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_replica_starts_and_serves_before_redis_does() {
+    let Some(mut fleet) = Fleet::start(0, "", "").await else {
+        return;
+    };
+    fleet.redis.stop();
+    let config = format!("{NO_LIMITS}[redis]\nurl = \"{}\"\n", fleet.redis.url());
+    fleet.add_alone(&config);
+    assert!(fleet.get_config(20).await.is_empty());
+    wait_for_line(&fleet.gateways[0], "redis unreachable");
+    fleet.redis.restart();
+    wait_for_line(&fleet.gateways[0], "connected to redis");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_lock_owner_killed_mid_fetch_holds_the_fleet_no_longer_than_the_lock() {
     let Some(mut fleet) = Fleet::start(2, NO_LIMITS, "lock_ttl_ms = 2000\n").await else {
         return;

@@ -24,7 +24,7 @@ use std::{
     fmt,
     future::Future,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -112,45 +112,8 @@ impl Fleet {
             connection: ArcSwapOption::empty(),
             health: Health::default(),
         });
-        tokio::spawn(Arc::clone(&fleet).connect());
+        tokio::spawn(connect(Arc::downgrade(&fleet)));
         fleet
-    }
-
-    /// Makes the first connection, retrying until Redis answers; from then on the
-    /// connection manager reconnects by itself.
-    async fn connect(self: Arc<Self>) {
-        let settings = &self.settings;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let client = match Client::open(settings.connection.clone()) {
-            Ok(client) => client,
-            Err(error) => {
-                tracing::error!(redis = %settings.shown_address, error = %error, "redis address refused; this replica shares nothing");
-                return;
-            }
-        };
-        loop {
-            let attempt = client.get_connection_manager_with_config(config.clone());
-            match tokio::time::timeout(settings.connect_timeout * 2, attempt).await {
-                Ok(Ok(manager)) => {
-                    tracing::info!(redis = %settings.shown_address, "connected to redis; sharing tokens and rate budget with the fleet");
-                    self.connection.store(Some(Arc::new(manager)));
-                    return;
-                }
-                Ok(Err(error)) => {
-                    self.health
-                        .failed("connect", &Unreachable(error.to_string()));
-                }
-                Err(_) => {
-                    self.health
-                        .failed("connect", &Unreachable("timed out".to_owned()));
-                }
-            }
-            tokio::time::sleep(CONNECT_RETRY).await;
-        }
     }
 
     fn settings(&self) -> &FleetSettings {
@@ -205,6 +168,53 @@ impl Fleet {
     /// interval.
     fn fell_back(&self, what: &'static str, why: &Unreachable) {
         self.health.fell_back(what, why);
+    }
+}
+
+/// Makes the first connection, retrying until Redis answers; from then on the
+/// connection manager reconnects by itself.
+async fn connect(fleet: Weak<Fleet>) {
+    let Some(settings) = fleet.upgrade().map(|f| f.settings.clone()) else {
+        return;
+    };
+    let settings = &settings;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.command_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    let client = match Client::open(settings.connection.clone()) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(redis = %settings.shown_address, error = %error, "redis address refused; this replica shares nothing");
+            return;
+        }
+    };
+    loop {
+        let attempt = client.get_connection_manager_with_config(config.clone());
+        // Gone with the apps that used it.
+        let Some(fleet) = fleet.upgrade() else {
+            return;
+        };
+        match tokio::time::timeout(settings.connect_timeout * 2, attempt).await {
+            Ok(Ok(manager)) => {
+                tracing::info!(redis = %settings.shown_address, "connected to redis; sharing tokens and rate budget with the fleet");
+                fleet.connection.store(Some(Arc::new(manager)));
+                return;
+            }
+            Ok(Err(error)) => {
+                fleet
+                    .health
+                    .failed("connect", &Unreachable(error.to_string()));
+            }
+            Err(_) => {
+                fleet
+                    .health
+                    .failed("connect", &Unreachable("timed out".to_owned()));
+            }
+        }
+        drop(fleet);
+        tokio::time::sleep(CONNECT_RETRY).await;
     }
 }
 
