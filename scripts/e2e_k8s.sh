@@ -212,6 +212,23 @@ docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") 
 assert [d["spec"]["strategy"] for d in docs] == [{"type": "Recreate"}], docs
 ' "$K8S_DIR/recreate.yaml"
 
+k8s_check "a fleet's Redis URL comes from its Secret (existing-secret), and no Redis by default" 0 "" \
+    -- python3 -c '
+import sys, yaml
+def pod(path):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d and d.get("kind") in ("Deployment", "ConfigMap")]
+    env = {e["name"]: e for d in docs if d["kind"] == "Deployment"
+           for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    config = "".join(d["data"]["config.toml"] for d in docs if d["kind"] == "ConfigMap")
+    return env, config
+env, config = pod(sys.argv[1])
+ref = {"secretKeyRef": {"name": "wecom-redis", "key": "redis-url"}}
+assert env["WECOM_REDIS_URL"] == {"name": "WECOM_REDIS_URL", "valueFrom": ref}, env.get("WECOM_REDIS_URL")
+assert "[redis]\nfallback_share = 0.34" in config, config
+env, config = pod(sys.argv[2])
+assert "WECOM_REDIS_URL" not in env and "[redis]" not in config
+' "$K8S_DIR/existing-secret.yaml" "$K8S_DIR/default.yaml"
+
 # The rendered objects.
 K8S_KINDS_BASE=ConfigMap,Deployment,Pod,PodDisruptionBudget,Service,ServiceAccount
 K8S_KINDS_ALL_ON=$K8S_KINDS_BASE,HorizontalPodAutoscaler,NetworkPolicy,Secret,Service

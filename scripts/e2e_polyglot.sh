@@ -12,7 +12,7 @@
 #   - run_http_examples: the PHP example, the README's curl lines and the
 #     HTTP/JSON-vs-gRPC parity of every producible error-table row.
 # Uses from e2e.sh: ok, not_ok, run_check, http_get, $TMP, $BIN, $GRPC_ADDR,
-# $SANDBOX_URL. Needs the Debian packages of e2e.sh's APT_PACKAGES, npm, and
+# $SANDBOX_URL. Needs the Debian packages of scripts/apt-packages.sh, npm, and
 # Python gRPC.
 
 BUF_VERSION=1.75.0

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ConfigError, LimitSettings, SecretOrigin, ServerSettings, Settings, TokenSettings,
     UpstreamSettings,
+    redis::{FileRedis, RenderedRedis},
     validate::{is_cleartext_remote, is_exposed},
 };
 use crate::telemetry::redacted;
@@ -31,6 +32,7 @@ pub(super) struct FileSettings {
     pub(super) limits: LimitSettings,
     pub(super) tls: FileTls,
     pub(super) auth: FileAuth,
+    pub(super) redis: FileRedis,
 }
 
 /// `[tls]` as written, and as printed when TLS is on.
@@ -106,6 +108,8 @@ struct Rendered<'a> {
     tls: Option<FileTls>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<FileAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<RenderedRedis>,
 }
 
 #[derive(Serialize)]
@@ -179,6 +183,7 @@ pub(super) fn render(settings: &Settings) -> String {
             open_reflection: Some(auth.open_reflection),
             reload_interval_ms: Some(millis(auth.reload_interval)),
         }),
+        redis: settings.redis.as_ref().map(|redis| redis.rendered()),
     };
     // Strings, integers, tables and arrays of tables, with every table after the
     // plain keys: nothing TOML cannot represent.

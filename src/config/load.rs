@@ -303,6 +303,7 @@ impl Plan {
             limits: self.file.limits,
             tls: tls.as_ref().map(|(settings, _)| settings.clone()),
             auth,
+            redis: self.file.redis.resolve(env)?,
         };
         validate::bounds(&settings)?;
         if let Some((settings, keys)) = &tls {

@@ -10,7 +10,8 @@
 //! - `env`: the environment's variables;
 //! - `load`: the pipeline above;
 //! - `validate`: names, URLs and bounds;
-//! - `units`: durations as milliseconds or seconds in the file.
+//! - `units`: durations as milliseconds or seconds in the file;
+//! - `redis`: the optional Redis of a fleet of replicas.
 //!
 //! TLS files and the callers file are read while loading, so that a bad one is a
 //! configuration error naming its key; the gateway re-reads them when they change.
@@ -18,6 +19,7 @@
 mod env;
 mod file;
 mod load;
+mod redis;
 mod units;
 mod validate;
 
@@ -37,6 +39,7 @@ use url::Url;
 pub use env::{Environment, ProcessEnv};
 pub(crate) use file::toml_problem;
 pub use load::SandboxApp;
+pub use redis::RedisSettings;
 pub(crate) use validate::check_name;
 pub use validate::{is_cleartext_remote, is_exposed};
 
@@ -74,6 +77,9 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Caller authentication; `None`: every caller may use every app.
     pub auth: Option<AuthSettings>,
+    /// The Redis a fleet of replicas shares tokens and rate budget through;
+    /// `None`: each replica keeps them to itself.
+    pub redis: Option<RedisSettings>,
 }
 
 /// One WeCom app: a corp and the secret of one of its apps (自建应用 or 代开发应用).
@@ -417,6 +423,7 @@ impl Settings {
             rate_limits: self.limits.rate_limits(),
             max_rate_wait: self.limits.max_wait,
             max_requests_per_app: upstream.max_requests_per_app,
+            fleet: self.redis.as_ref().and_then(RedisSettings::fleet),
         };
         let apps = self
             .apps

@@ -15,7 +15,9 @@ use url::Url;
 use super::{
     Endpoint, Error, Failed, GetToken, HttpSettings, Retry, TokenCache, TokenPolicy,
     api::{self, CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
+    fleet::{Fleet, FleetSettings, SharedBudget, SharedTokens},
     limit::{LocalBudgets, NoSlot, RateBudget, RateLimits},
+    token::TokenSource,
     transport::{Call, Transport},
 };
 use crate::{
@@ -65,6 +67,9 @@ pub struct AdapterSettings {
     pub max_rate_wait: Duration,
     /// Most requests one app has in flight to WeCom; more wait for a turn.
     pub max_requests_per_app: usize,
+    /// Share tokens and rate budget with the other replicas through Redis;
+    /// `None`: this replica keeps them to itself.
+    pub fleet: Option<FleetSettings>,
 }
 
 /// One configured WeCom app: its token cache and its calls.
@@ -242,17 +247,49 @@ impl Apps {
         default_app: String,
     ) -> Result<Self, reqwest::Error> {
         let http = Transport::client(&settings.http)?;
-        let mut budgets = LocalBudgets::new(settings.rate_limits.clone());
+        let limits = &settings.rate_limits;
+        let fleet = settings.fleet.clone().map(Fleet::start);
+        // With a fleet, the in-process windows are the fallback: this replica's share.
+        let mut budgets = LocalBudgets::new(match &settings.fleet {
+            Some(fleet) => RateLimits {
+                per_corp: limits.per_corp.share(fleet.fallback_share),
+                per_gateway: limits.per_gateway.map(|l| l.share(fleet.fallback_share)),
+            },
+            None => limits.clone(),
+        });
         let apps = specs
             .into_iter()
             .map(|spec| {
                 let transport =
                     Transport::new(http.clone(), &spec.api_base, settings.http.max_body_bytes);
-                let budget = Arc::new(budgets.for_corp(&spec.corp_id));
-                let source = GetToken::new(spec.corp_id, spec.secret, transport.clone());
+                let local = budgets.for_corp(&spec.corp_id);
+                let mut source: Arc<dyn TokenSource> = Arc::new(GetToken::new(
+                    spec.corp_id.clone(),
+                    spec.secret,
+                    transport.clone(),
+                ));
+                let budget: Arc<dyn RateBudget> = match &fleet {
+                    Some(fleet) => {
+                        source = Arc::new(SharedTokens::new(
+                            Arc::clone(fleet),
+                            &spec.corp_id,
+                            &spec.name,
+                            source,
+                            settings.tokens.clone(),
+                        ));
+                        Arc::new(SharedBudget::new(
+                            Arc::clone(fleet),
+                            &spec.corp_id,
+                            limits.per_corp,
+                            limits.per_gateway,
+                            local,
+                        ))
+                    }
+                    None => Arc::new(local),
+                };
                 let tokens = TokenCache::new(
                     spec.name.as_str(),
-                    Arc::new(source),
+                    source,
                     settings.tokens.clone(),
                     settings.retry,
                 );
@@ -326,6 +363,7 @@ mod tests {
             },
             max_rate_wait: second,
             max_requests_per_app: 1,
+            fleet: None,
         };
         let spec = || AppSpec {
             name: "shop".to_owned(),

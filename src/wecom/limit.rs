@@ -63,13 +63,38 @@ type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 /// governor's `per_minute(n)` alone would admit a burst of `n` and then refill at
 /// `n` a minute: up to `2n` in the first minute, which is what earns a 45009.
 fn window(limit: NonZeroU32, period: Duration) -> Gcra {
+    let (interval, burst) = shape(limit, period);
+    let quota = Quota::with_period(interval)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst);
+    RateLimiter::direct(quota)
+}
+
+/// The GCRA shape of a window of `period` admitting `limit` calls: the interval
+/// between slots, and the burst.
+pub(crate) fn shape(limit: NonZeroU32, period: Duration) -> (Duration, NonZeroU32) {
     let limit = limit.get();
     let burst = (limit / 10).max(1);
     let refills = (limit - burst).max(1);
-    let quota = Quota::with_period(period / refills)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
-        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-    RateLimiter::direct(quota)
+    (
+        period / refills,
+        NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
+    )
+}
+
+impl WindowLimits {
+    /// `share` of these limits, at least one call each.
+    pub(crate) fn share(self, share: f64) -> Self {
+        let part = |limit: NonZeroU32| {
+            // Saturating float-to-int conversion; share is in (0, 1].
+            let calls = (f64::from(limit.get()) * share).floor() as u32;
+            NonZeroU32::new(calls).unwrap_or(NonZeroU32::MIN)
+        };
+        Self {
+            per_minute: part(self.per_minute),
+            per_hour: part(self.per_hour),
+        }
+    }
 }
 
 /// The minute and hour windows of one API in one scope.
@@ -102,20 +127,22 @@ impl ApiWindows {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Scope {
+pub(crate) enum Scope {
+    /// One corp's calls of one API.
     Corp,
+    /// The whole gateway's calls of one API.
     Gateway,
 }
 
 impl Scope {
-    fn minute(self) -> &'static str {
+    pub(crate) fn minute(self) -> &'static str {
         match self {
             Scope::Corp => "per corp per minute",
             Scope::Gateway => "per gateway per minute",
         }
     }
 
-    fn hour(self) -> &'static str {
+    pub(crate) fn hour(self) -> &'static str {
         match self {
             Scope::Corp => "per corp per hour",
             Scope::Gateway => "per gateway per hour",

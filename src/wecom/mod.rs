@@ -10,6 +10,7 @@ mod api;
 mod client;
 pub(crate) mod errcode;
 mod error;
+mod fleet;
 mod limit;
 mod retry;
 mod token;
@@ -17,6 +18,7 @@ mod transport;
 
 pub use client::{AdapterSettings, AppClient, AppSpec, Apps};
 pub use error::{Endpoint, Error, Failed, TransportCause, TransportKind};
+pub use fleet::FleetSettings;
 pub use limit::{NoSlot, RateBudget, RateLimits, WindowLimits};
 pub use retry::Retry;
 pub(crate) use token::GetToken;

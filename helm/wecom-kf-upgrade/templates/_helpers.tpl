@@ -207,6 +207,12 @@ max_decode_message_bytes = {{ int64 $c.server.maxDecodeMessageBytes }}
 max_concurrent_streams = {{ int64 $c.server.maxConcurrentStreams }}
 drain_delay_ms = {{ int64 $c.server.drainDelayMs }}
 shutdown_grace_ms = {{ int64 $c.server.shutdownGraceMs }}
+{{- if .Values.redis.existingSecret }}
+
+# The URL itself is WECOM_REDIS_URL, from the Secret.
+[redis]
+fallback_share = {{ .Values.redis.fallbackShare }}
+{{- end }}
 {{- if .Values.auth.callersSecretName }}
 
 # The callers file itself is named by WECOM_CALLERS_FILE.

@@ -13,7 +13,8 @@
 //!   refused the credentials, a jittered backoff when the failure was transient.
 //!
 //! The refresher is the single place that calls a [`TokenSource`]: where a fleet of
-//! replicas will coordinate, and where other kinds of token plug in.
+//! replicas coordinates (a source that shares the token through Redis), and where
+//! other kinds of token plug in.
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -76,6 +77,9 @@ struct Slot {
     failed: Option<Held>,
     /// A fetch was asked for and its outcome is not published yet.
     requested: bool,
+    /// WeCom refused this token, which was dropped; the source hears of it
+    /// before the next fetch.
+    refused: Option<AccessToken>,
 }
 
 struct Cached {
@@ -222,6 +226,7 @@ impl TokenCache {
             dropped = slot.current.as_ref().is_some_and(|c| &c.token == failed);
             if dropped {
                 slot.current = None;
+                slot.refused = Some(failed.clone());
             }
             false
         });
@@ -312,7 +317,12 @@ impl Refresher {
     async fn run(mut self) {
         loop {
             self.shared.wake.notified().await;
-            let fetch = tokio::spawn(fetch(Arc::clone(&self.source), self.retry));
+            let mut refused = None;
+            self.shared.slot.send_if_modified(|slot| {
+                refused = slot.refused.take();
+                false
+            });
+            let fetch = tokio::spawn(fetch(Arc::clone(&self.source), self.retry, refused));
             // A panicking source fails this fetch, not the refresher.
             let result = fetch
                 .await
@@ -395,8 +405,16 @@ impl Refresher {
     }
 }
 
-/// One fetch, with bounded retries of transient failures.
-async fn fetch(source: Arc<dyn TokenSource>, retry: Retry) -> Result<IssuedToken, Error> {
+/// One fetch, with bounded retries of transient failures, after telling the
+/// source of the token WeCom refused, if any.
+async fn fetch(
+    source: Arc<dyn TokenSource>,
+    retry: Retry,
+    refused: Option<AccessToken>,
+) -> Result<IssuedToken, Error> {
+    if let Some(refused) = refused {
+        source.refused(&refused).await;
+    }
     let mut retries = 0;
     loop {
         match source.fetch().await {

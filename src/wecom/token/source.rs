@@ -52,6 +52,11 @@ pub struct IssuedToken {
 pub trait TokenSource: Send + Sync + fmt::Debug {
     /// Fetches a new token.
     async fn fetch(&self) -> Result<IssuedToken, Error>;
+
+    /// WeCom refused `token` (40014, 42001, 40001): a source that hands out tokens
+    /// it keeps elsewhere (a fleet's shared copy) drops it there, if it still holds
+    /// that one. Called before the next fetch.
+    async fn refused(&self, _token: &AccessToken) {}
 }
 
 /// `GET /cgi-bin/gettoken?corpid=…&corpsecret=…`.
