@@ -39,6 +39,10 @@ struct Args {
     /// gRPC connections the workers share (HTTP/2 multiplexes the rest).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// The gateway's process id: its CPU time (utime + stime from /proc) over the
+    /// gateway measurement is reported per call.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -61,10 +65,17 @@ struct Summary {
     p90: f64,
     p99: f64,
     max: f64,
+    /// CPU seconds the measured process spent over the measurement, if one was named.
+    cpu: Option<Duration>,
 }
 
 impl Summary {
-    fn of(name: &'static str, tallies: Vec<Tally>, elapsed: Duration) -> Self {
+    fn of(
+        name: &'static str,
+        tallies: Vec<Tally>,
+        elapsed: Duration,
+        cpu: Option<Duration>,
+    ) -> Self {
         let errors = tallies.iter().map(|t| t.errors).sum();
         let mut all: Vec<u32> = tallies.into_iter().flat_map(|t| t.latencies_us).collect();
         all.sort_unstable();
@@ -81,6 +92,7 @@ impl Summary {
             p90: at(0.90),
             p99: at(0.99),
             max: all.last().map_or(0.0, |us| f64::from(*us) / 1000.0),
+            cpu,
         }
     }
 
@@ -96,14 +108,50 @@ impl Summary {
             self.p99,
             self.max
         );
+        if let Some(cpu) = self.cpu {
+            println!(
+                "{} process CPU: {:.2} s over the run, {:.1} µs per call",
+                self.name,
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / self.calls.max(1) as f64
+            );
+        }
     }
 }
 
+/// CPU time a process has used (utime + stime from `/proc/PID/stat`: all its
+/// threads, in clock ticks).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second(),
+    ))
+}
+
+/// `getconf CLK_TCK`, 100 if it cannot be asked.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 /// Runs `call` in `concurrency` closed loops: one second of warm-up, then `duration`.
+/// With `cpu_of`, that process's CPU time over the measured `duration` is read too.
 async fn measure<F, Fut>(
     name: &'static str,
     concurrency: usize,
     duration: Duration,
+    cpu_of: Option<u32>,
     call: F,
 ) -> Summary
 where
@@ -113,6 +161,14 @@ where
     let call = Arc::new(call);
     let warm_up = Instant::now() + Duration::from_secs(1);
     let end = warm_up + duration;
+    let cpu = cpu_of.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(warm_up.into()).await;
+            let before = cpu_time(pid)?;
+            tokio::time::sleep_until(end.into()).await;
+            Some(cpu_time(pid)?.saturating_sub(before))
+        })
+    });
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
             let call = Arc::clone(&call);
@@ -140,7 +196,11 @@ where
     for worker in workers {
         tallies.push(worker.await.unwrap_or_default());
     }
-    Summary::of(name, tallies, duration)
+    let cpu = match cpu {
+        Some(sampler) => sampler.await.ok().flatten(),
+        None => None,
+    };
+    Summary::of(name, tallies, duration, cpu)
 }
 
 fn customer(worker: usize) -> String {
@@ -171,7 +231,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}/cgi-bin/kf/customer/upgrade_service?access_token={token}",
         args.sandbox
     );
-    let direct = measure("direct", args.concurrency, duration, move |worker| {
+    let direct = measure("direct", args.concurrency, duration, None, move |worker| {
         let (http, url) = (http.clone(), url.clone());
         async move {
             let body = serde_json::json!({
@@ -202,22 +262,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         clients.push(CustomerUpgradeServiceClient::new(channel));
     }
-    let gateway = measure("gateway", args.concurrency, duration, move |worker| {
-        let mut client = clients[worker % clients.len()].clone();
-        async move {
-            let request = pb::UpgradeServiceRequest {
-                open_kfid: "kfbench".into(),
-                external_userid: customer(worker),
-                target: Some(pb::upgrade_service_request::Target::Member(
-                    pb::MemberTarget {
-                        userid: "zhangsan".into(),
-                        wording: "bench".into(),
-                    },
-                )),
-            };
-            client.upgrade_service(request).await.is_ok()
-        }
-    })
+    let gateway = measure(
+        "gateway",
+        args.concurrency,
+        duration,
+        args.gateway_pid,
+        move |worker| {
+            let mut client = clients[worker % clients.len()].clone();
+            async move {
+                let request = pb::UpgradeServiceRequest {
+                    open_kfid: "kfbench".into(),
+                    external_userid: customer(worker),
+                    target: Some(pb::upgrade_service_request::Target::Member(
+                        pb::MemberTarget {
+                            userid: "zhangsan".into(),
+                            wording: "bench".into(),
+                        },
+                    )),
+                };
+                client.upgrade_service(request).await.is_ok()
+            }
+        },
+    )
     .await;
 
     println!(

@@ -9,7 +9,11 @@ use std::{
     },
 };
 
-use axum::{Router, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    http::{HeaderMap, StatusCode, header},
+    routing::get,
+};
 use tokio::net::TcpListener;
 use tonic::{
     service::{Routes, interceptor::InterceptedService},
@@ -20,7 +24,7 @@ use tonic_health::ServingStatus;
 use crate::{
     config::{Settings, is_cleartext_remote},
     grpc::{self, CustomerUpgradeServiceServer, UpgradeGateway, pb},
-    telemetry::redacted,
+    telemetry::{Metrics, redacted},
     wecom::Apps,
 };
 
@@ -56,12 +60,14 @@ pub enum StartupError {
 pub struct Application {
     settings: Settings,
     apps: Apps,
+    metrics: Metrics,
     grpc: TcpListener,
     admin: TcpListener,
 }
 
 impl Application {
-    /// Builds the WeCom clients and binds both listeners (port 0 picks a free port).
+    /// Builds the WeCom clients and the metrics registry, and binds both listeners
+    /// (port 0 picks a free port).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         for (name, app) in &settings.apps {
             if is_cleartext_remote(&app.api_base) {
@@ -73,7 +79,8 @@ impl Application {
             }
         }
         let (adapter, specs) = settings.adapter();
-        let apps = Apps::new(&adapter, specs, settings.default_app.clone())?;
+        let metrics = Metrics::new();
+        let apps = Apps::new(&adapter, specs, settings.default_app.clone(), &metrics)?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -84,6 +91,7 @@ impl Application {
         Ok(Self {
             settings,
             apps,
+            metrics,
             grpc,
             admin,
         })
@@ -92,6 +100,11 @@ impl Application {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    /// The gateway's metrics, as `/metrics` serves them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The bound admin HTTP address.
@@ -120,6 +133,7 @@ impl Application {
         let gateway = Arc::new(UpgradeGateway::new(
             self.apps,
             self.settings.upstream.call_timeout,
+            self.metrics.clone(),
         ));
         let service = InterceptedService::new(
             CustomerUpgradeServiceServer::from_arc(Arc::clone(&gateway))
@@ -139,7 +153,7 @@ impl Application {
 
         let ready = Arc::new(AtomicBool::new(true));
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = axum::serve(self.admin, admin_router(Arc::clone(&ready)))
+        let admin = axum::serve(self.admin, admin_router(Arc::clone(&ready), self.metrics))
             .with_graceful_shutdown(async {
                 let _ = admin_stopped.await;
             });
@@ -235,9 +249,23 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 
 /// `/healthz`: the process is alive. `/readyz`: it accepts work (not draining).
 /// Neither asks WeCom: an outage there must not take every replica out of service.
-fn admin_router(ready: Arc<AtomicBool>) -> Router {
+/// `/metrics`: Prometheus metrics, in OpenMetrics (with exemplars) for a scraper
+/// that asks for it, else in the Prometheus text format.
+fn admin_router(ready: Arc<AtomicBool>, metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move |headers: HeaderMap| {
+                let openmetrics = headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|accept| accept.to_str().ok())
+                    .any(|accept| accept.contains("application/openmetrics-text"));
+                let (content_type, body) = metrics.encode(openmetrics);
+                async move { ([(header::CONTENT_TYPE, content_type)], body) }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

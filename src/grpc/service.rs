@@ -7,12 +7,13 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use super::{
-    call::Call,
+    call::{Call, Method, call_line},
     error::{CallError, Failure},
     pb,
 };
 use crate::{
     domain::{Customer, Upgrade, UpgradeTarget},
+    telemetry::Metrics,
     wecom::{AppClient, Apps},
 };
 
@@ -21,12 +22,18 @@ use crate::{
 pub struct UpgradeGateway {
     apps: Apps,
     call_timeout: Duration,
+    pub(super) metrics: Metrics,
 }
 
 impl UpgradeGateway {
     /// Serves the given apps; each RPC's upstream work is bounded by `call_timeout`.
-    pub fn new(apps: Apps, call_timeout: Duration) -> Self {
-        Self { apps, call_timeout }
+    /// Calls are counted in `metrics`.
+    pub fn new(apps: Apps, call_timeout: Duration, metrics: Metrics) -> Self {
+        Self {
+            apps,
+            call_timeout,
+            metrics,
+        }
     }
 
     /// The app the call names, or the default app.
@@ -36,7 +43,7 @@ impl UpgradeGateway {
             requested: bounded(name).to_owned(),
             configured: self.apps.names().map(str::to_owned).collect(),
         })?;
-        call.span.record("wecom.app", app.name());
+        call.serve_with(app.name());
         Ok(app)
     }
 
@@ -112,7 +119,10 @@ fn bounded(name: &str) -> &str {
 }
 
 /// One audit event per valid upgrade or cancel, whatever its outcome (an unknown
-/// app included): a timed-out call may still have taken effect at WeCom.
+/// app included): a timed-out call may still have taken effect at WeCom. It is
+/// the call's one log line: it carries the access line's fields (method, code,
+/// reason, errcode, duration, trace id, and a failure's fault and cause), at the
+/// access line's level, and the call writes no access line of its own.
 fn audit(
     call: &Call,
     app: &str,
@@ -121,21 +131,23 @@ fn audit(
     target: Option<&UpgradeTarget>,
     outcome: &Result<(), Failure>,
 ) {
-    let outcome = outcome
+    let code = outcome
         .as_ref()
         .map_or_else(|f| f.status.code(), |()| Code::Ok);
     let peer = call
         .peer
         .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-    tracing::info!(
+    let access = call.line_for(outcome);
+    call_line!(
         target: "audit",
+        access,
         action,
         peer,
         app,
         open_kfid = %customer.open_kfid,
         external_userid = %customer.external_userid,
         recommended = target.map(ToString::to_string),
-        outcome = ?outcome,
+        outcome = ?code,
         "{action}"
     );
 }
@@ -146,7 +158,7 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::GetUpgradeConfigRequest>,
     ) -> Result<Response<pb::GetUpgradeConfigResponse>, Status> {
-        let (call, _) = Call::accept("GetUpgradeConfig", request);
+        let (call, _) = Call::accept(Method::GetUpgradeConfig, request, &self.metrics);
         let result = self.get_config(&call).instrument(call.span.clone()).await;
         call.finish(result).map(Response::new)
     }
@@ -155,7 +167,7 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::UpgradeServiceRequest>,
     ) -> Result<Response<pb::UpgradeServiceResponse>, Status> {
-        let (call, message) = Call::accept("UpgradeService", request);
+        let (call, message) = Call::accept(Method::UpgradeService, request, &self.metrics);
         let result = self
             .upgrade(&call, message)
             .instrument(call.span.clone())
@@ -167,7 +179,7 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::CancelUpgradeRequest>,
     ) -> Result<Response<pb::CancelUpgradeResponse>, Status> {
-        let (call, message) = Call::accept("CancelUpgrade", request);
+        let (call, message) = Call::accept(Method::CancelUpgrade, request, &self.metrics);
         let result = self
             .cancel(&call, message)
             .instrument(call.span.clone())

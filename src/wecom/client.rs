@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     domain::{Customer, Upgrade, UpgradeConfig},
-    telemetry::redacted,
+    telemetry::{Metrics, redacted},
 };
 
 /// One WeCom app, as the adapter needs to know it.
@@ -53,7 +53,7 @@ pub struct AdapterSettings {
 /// One configured WeCom app: its token cache and its calls.
 #[derive(Debug)]
 pub struct AppClient {
-    name: String,
+    name: Arc<str>,
     transport: Transport,
     tokens: TokenCache,
     retry: Retry,
@@ -61,7 +61,7 @@ pub struct AppClient {
 
 impl AppClient {
     /// The app's configured name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -96,17 +96,17 @@ impl AppClient {
         let mut token = self.tokens.get().await?;
         let mut refreshed = false;
         let mut retries = 0;
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let query = [("access_token", token.expose())];
-            let sent = self
-                .transport
-                .send(Call {
-                    endpoint,
-                    query: &query,
-                    body,
-                })
-                .await;
-            let error = match sent.and_then(|reply| api::decode(endpoint, reply)) {
+            let call = Call {
+                endpoint,
+                query: &query,
+                body,
+                attempt,
+            };
+            let error = match self.transport.request(call).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
@@ -117,10 +117,9 @@ impl AppClient {
                 continue;
             }
             retries += 1;
-            if self.retry.pause_before(retries, &error).await {
-                continue;
+            if !self.retry.pause_before(retries, &error).await {
+                return Err(error);
             }
-            return Err(error);
         }
     }
 }
@@ -134,27 +133,38 @@ pub struct Apps {
 
 impl Apps {
     /// One [`AppClient`] per app, sharing one HTTP connection pool, each with a
-    /// `gettoken` token cache whose refresher starts now.
+    /// `gettoken` token cache whose refresher starts now; all of them recording
+    /// into `metrics`.
     pub fn new(
         settings: &AdapterSettings,
         specs: impl IntoIterator<Item = AppSpec>,
         default_app: String,
+        metrics: &Metrics,
     ) -> Result<Self, reqwest::Error> {
         let http = Transport::client(&settings.http)?;
         let apps = specs
             .into_iter()
             .map(|spec| {
-                let transport =
-                    Transport::new(http.clone(), &spec.api_base, settings.http.max_body_bytes);
+                let name: Arc<str> = Arc::from(spec.name.as_str());
+                let endpoints = Endpoint::ALL.map(Endpoint::path);
+                metrics.add_app(&name, &endpoints);
+                let transport = Transport::new(
+                    http.clone(),
+                    &spec.api_base,
+                    settings.http.max_body_bytes,
+                    Arc::clone(&name),
+                    metrics.clone(),
+                );
                 let source = GetToken::new(spec.corp_id, spec.secret, transport.clone());
                 let tokens = TokenCache::new(
-                    spec.name.as_str(),
+                    Arc::clone(&name),
                     Arc::new(source),
                     settings.tokens.clone(),
                     settings.retry,
+                    metrics,
                 );
                 let client = AppClient {
-                    name: spec.name.clone(),
+                    name,
                     transport,
                     tokens,
                     retry: settings.retry,
@@ -217,7 +227,7 @@ mod tests {
                 .unwrap(),
         };
         let shown = format!("{:?}", spec());
-        let apps = Apps::new(&settings, [spec()], "shop".to_owned()).unwrap();
+        let apps = Apps::new(&settings, [spec()], "shop".to_owned(), &Metrics::new()).unwrap();
         let shown = format!("{shown} {apps:?}");
         assert!(shown.contains("user:****@proxy.example"), "{shown}");
         for secret in ["CORP-SECRET", "URL-PASSWORD"] {
