@@ -43,6 +43,9 @@ struct Args {
     /// gateway measurement is reported per call.
     #[arg(long)]
     gateway_pid: Option<u32>,
+    /// Measure the gateway path only (e.g. for its CPU per call).
+    #[arg(long)]
+    gateway_only: bool,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -210,9 +213,45 @@ fn customer(worker: usize) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let duration = Duration::from_secs(args.duration_secs);
+    let direct = if args.gateway_only {
+        None
+    } else {
+        Some(direct(&args).await?)
+    };
+    let gateway = gateway(&args).await?;
 
-    // direct: the caller does WeCom's HTTP itself, with one token.
+    println!(
+        "concurrency {}, {} s per run after 1 s warm-up; latencies in ms",
+        args.concurrency, args.duration_secs
+    );
+    println!(
+        "{:<8} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "path", "calls", "errors", "calls/s", "p50", "p90", "p99", "max"
+    );
+    if let Some(direct) = &direct {
+        direct.print();
+    }
+    gateway.print();
+    if let Some(direct) = &direct {
+        println!(
+            "gateway/direct: throughput {:.2}x, p50 latency {:.2}x",
+            gateway.per_sec / direct.per_sec.max(f64::MIN_POSITIVE),
+            gateway.p50 / direct.p50.max(f64::MIN_POSITIVE)
+        );
+    }
+    let direct_errors = direct.map_or(0, |direct| direct.errors);
+    if direct_errors + gateway.errors > 0 {
+        return Err(format!(
+            "{direct_errors} direct and {} gateway calls failed",
+            gateway.errors
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The caller does WeCom's HTTP itself, with one token.
+async fn direct(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
     let http = reqwest::Client::new();
     let token_answer: serde_json::Value = serde_json::from_slice(
         &http
@@ -231,6 +270,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}/cgi-bin/kf/customer/upgrade_service?access_token={token}",
         args.sandbox
     );
+    let duration = Duration::from_secs(args.duration_secs);
     let direct = measure("direct", args.concurrency, duration, None, move |worker| {
         let (http, url) = (http.clone(), url.clone());
         async move {
@@ -253,8 +293,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     })
     .await;
+    Ok(direct)
+}
 
-    // gateway: the same operation through gRPC.
+/// The same operation through the gateway, over gRPC.
+async fn gateway(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections.max(1) {
         let channel = Channel::from_shared(format!("http://{}", args.gateway))?
@@ -262,6 +305,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         clients.push(CustomerUpgradeServiceClient::new(channel));
     }
+    let duration = Duration::from_secs(args.duration_secs);
     let gateway = measure(
         "gateway",
         args.concurrency,
@@ -285,28 +329,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await;
-
-    println!(
-        "concurrency {}, {} s per run after 1 s warm-up; latencies in ms",
-        args.concurrency, args.duration_secs
-    );
-    println!(
-        "{:<8} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "path", "calls", "errors", "calls/s", "p50", "p90", "p99", "max"
-    );
-    direct.print();
-    gateway.print();
-    println!(
-        "gateway/direct: throughput {:.2}x, p50 latency {:.2}x",
-        gateway.per_sec / direct.per_sec.max(f64::MIN_POSITIVE),
-        gateway.p50 / direct.p50.max(f64::MIN_POSITIVE)
-    );
-    if direct.errors + gateway.errors > 0 {
-        return Err(format!(
-            "{} direct and {} gateway calls failed",
-            direct.errors, gateway.errors
-        )
-        .into());
-    }
-    Ok(())
+    Ok(gateway)
 }

@@ -132,6 +132,18 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// The access token the sandbox hands out now: while it is valid, the same one
+    /// the gateway holds.
+    pub async fn sandbox_token(&self) -> String {
+        let url = format!(
+            "{}/cgi-bin/gettoken?corpid={DEMO_CORP_ID}&corpsecret={DEMO_SECRET}",
+            self._sandbox.base_url()
+        );
+        let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        answer["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// How many requests the sandbox received for `endpoint`.
     pub fn calls_to(&self, endpoint: Endpoint) -> usize {
         self.sandbox.requests_to(endpoint.path()).len()
@@ -422,6 +434,16 @@ impl Captured {
         filter: &str,
         traces: Option<&Traces>,
     ) -> tracing::subscriber::DefaultGuard {
+        // While a single dispatcher exists, tracing-core decides whether a callsite
+        // is enabled by asking only the default of the thread that reaches it
+        // first: another test's thread, without a subscriber, would disable the
+        // callsite for this one. A second dispatcher, kept for the whole run,
+        // makes it ask every dispatcher.
+        static SECOND_DISPATCHER: std::sync::LazyLock<tracing::Dispatch> =
+            std::sync::LazyLock::new(|| {
+                tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())
+            });
+        std::sync::LazyLock::force(&SECOND_DISPATCHER);
         let subscriber = telemetry::subscriber(
             EnvFilter::new(filter),
             LogFormat::Json,

@@ -6,6 +6,7 @@ mod errors;
 mod helpers;
 mod http;
 mod lifecycle;
+mod observability;
 mod token;
 mod upgrade;
 mod validation;
