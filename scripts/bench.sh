@@ -1,41 +1,52 @@
 #!/usr/bin/env bash
-# Load benchmark: the release gateway on its embedded sandbox, loaded by
-# benches/loadgen.rs both directly (HTTP to the sandbox) and through the gateway
-# (gRPC), in one run; then the gateway's memory from /proc.
+# Load benchmark: the release gateway in its default configuration (JSON access log
+# at info, metrics on, traces off) and the WeCom sandbox, as separate processes;
+# benches/loadgen.rs loads the same operation directly (HTTP to the sandbox) and
+# through the gateway (gRPC), in one run, and reports the gateway's CPU per call
+# (utime + stime from /proc); then the gateway's memory.
 #
-#   scripts/bench.sh [--concurrency N] [--duration-secs S] [--connections C]
+#   scripts/bench.sh [--concurrency N] [--duration-secs S] [--connections C] [--gateway-only]
 #
-# Everything stays on loopback and stops by itself.
+# Extra environment for the gateway goes in GATEWAY_ENV: for the floor without logging,
+# GATEWAY_ENV=RUST_LOG=off,wecom_kf_upgrade::startup=info (the one line left says where
+# the gateway listens). Everything stays on loopback and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench loadgen --quiet 2>/dev/null || cargo bench --locked --no-run --bench loadgen
 
-read -r GRPC_PORT ADMIN_PORT SANDBOX_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-')
-LOG="$(mktemp)"
-RUST_LOG=warn target/release/wecom-kf-upgrade serve --sandbox \
-    --listen "127.0.0.1:$GRPC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    --sandbox-listen "127.0.0.1:$SANDBOX_PORT" </dev/null 2>"$LOG" &
-PID=$!
-trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; rm -f "$LOG"' EXIT
+BIN=target/release/wecom-kf-upgrade
+DIR="$(mktemp -d)"
+PIDS=()
+trap 'kill -TERM "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 
-for _ in $(seq 60); do
-    target/release/wecom-kf-upgrade health --addr "127.0.0.1:$GRPC_PORT" --timeout-ms 500 >/dev/null 2>&1 && break
-    sleep 0.5
-done
+# Both listen on port 0 and say where in their first log line.
+listening() { # LOG FIELD: the address FIELD names in LOG, once it is there
+    for _ in $(seq 100); do
+        sed -n "s/.*\"$2\":\"\([0-9.]*:[0-9]*\)\".*/\1/p" "$1" | head -n 1 | grep . && return
+        sleep 0.1
+    done
+    echo "no $2 in $1" >&2
+    return 1
+}
+LOG_FORMAT=json "$BIN" sandbox --listen 127.0.0.1:0 </dev/null >"$DIR/sandbox.log" 2>&1 &
+PIDS+=($!)
+SANDBOX="$(listening "$DIR/sandbox.log" addr)"
+# ${GATEWAY_ENV:-} is word-split on purpose: VAR=value pairs.
+# shellcheck disable=SC2086
+env -u RUST_LOG -u LOG_FORMAT WECOM_CORP_ID=wwsandbox0000000001 WECOM_CORP_SECRET=sandbox-secret \
+    WECOM_API_BASE="http://$SANDBOX" ${GATEWAY_ENV:-} LOG_FORMAT=json \
+    "$BIN" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 </dev/null 2>"$DIR/gateway.log" &
+PID=$!
+PIDS+=($PID)
+GATEWAY="$(listening "$DIR/gateway.log" grpc_addr)"
 
 rss_kib() { sed -n "s/^$1:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$PID/status"; }
 IDLE=$(rss_kib VmRSS)
 
-echo "# $(nproc) cores; gateway and load generator share them"
+echo "# $(nproc) cores; gateway, sandbox and load generator share them"
 cargo bench --locked --quiet --bench loadgen -- \
-    --gateway "127.0.0.1:$GRPC_PORT" --sandbox "http://127.0.0.1:$SANDBOX_PORT" "$@"
+    --gateway "$GATEWAY" --sandbox "http://$SANDBOX" --gateway-pid "$PID" "$@"
 
-echo "gateway + embedded sandbox memory: idle RSS $((IDLE / 1024)) MiB, peak RSS $(($(rss_kib VmHWM) / 1024)) MiB, now $(($(rss_kib VmRSS) / 1024)) MiB"
+echo "gateway memory: idle RSS $((IDLE / 1024)) MiB, peak RSS $(($(rss_kib VmHWM) / 1024)) MiB, now $(($(rss_kib VmRSS) / 1024)) MiB; $(wc -l <"$DIR/gateway.log") log lines"

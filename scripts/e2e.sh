@@ -2,8 +2,10 @@
 # End-to-end test of the release binary: starts `serve --sandbox` on free
 # loopback ports and drives it with grpcurl, the `health` subcommand and plain
 # HTTP, runs the callers in other languages and buf (scripts/e2e_polyglot.sh),
-# then stops it with SIGTERM and watches it drain. Then the Kubernetes
-# packaging: the Helm chart and the container image (scripts/e2e_k8s.sh).
+# then stops it with SIGTERM and watches it drain. Then observability: metrics,
+# a real Prometheus, the alert rules and the dashboard
+# (scripts/e2e_observability.sh). Then the Kubernetes packaging: the Helm chart
+# and the container image (scripts/e2e_k8s.sh).
 #
 # Needs: cargo, python3 with pip, npm, timeout; Debian's apt-get and root for
 # the packages in APT_PACKAGES (skipped when they are all installed).
@@ -73,13 +75,16 @@ pip_install() {
 #   published ports, which --no-install-recommends would leave out); debootstrap makes
 #   its base (no image can be pulled); unzip unpacks helm;
 # - Go with Debian's gRPC packages (GOPATH mode, no module downloads), protoc and
-#   its Go plugins; PHP with curl; curl.
+#   its Go plugins; PHP with curl; curl;
+# - prometheus: the server that scrapes the gateway, and promtool for the metrics
+#   lint and the alert rules' unit tests.
 APT_PACKAGES=(
     podman buildah runc iptables debootstrap unzip
     golang-go golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev
     golang-google-protobuf-dev golang-google-genproto-dev
     protobuf-compiler protoc-gen-go protoc-gen-go-grpc
     php-cli php-curl curl
+    prometheus
 )
 apt_missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -579,6 +584,11 @@ elif grep -qF -e "$TOKEN" -e "sandbox-secret" "$SERVER_LOG" "$TMP/server.stdout"
 else
     ok "the debug log ($(wc -l <"$SERVER_LOG") lines) holds neither the secret nor the access token"
 fi
+
+# ---------------------------------------------------------------- observability
+
+# shellcheck source=scripts/e2e_observability.sh
+source scripts/e2e_observability.sh
 
 # ---------------------------------------------------------------- Kubernetes packaging
 
