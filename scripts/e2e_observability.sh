@@ -126,12 +126,12 @@ prometheus --config.file="$TMP/prometheus/prometheus.yml" --storage.tsdb.path="$
 OBS_PIDS+=($!)
 OBS_PROM_URL="http://127.0.0.1:$OBS_PROM"
 
-# prom_query EXPR: the query's first value, or nothing.
+# prom_query EXPR: the query's first value, or nothing (also while Prometheus starts).
 prom_query() {
     timeout 15 curl -sS -m 10 --get --data-urlencode "query=$1" "$OBS_PROM_URL/api/v1/query" 2>/dev/null |
         python3 -c 'import json, sys
 result = json.load(sys.stdin)["data"]["result"]
-print(result[0]["value"][1] if result else "")' 2>/dev/null
+print(result[0]["value"][1] if result else "")' 2>/dev/null || true
 }
 # The first scrape lands a few seconds after start.
 obs_count=""
