@@ -39,7 +39,7 @@ env -u RUST_LOG -u LOG_FORMAT WECOM_CORP_ID=wwsandbox0000000001 WECOM_CORP_SECRE
     WECOM_API_BASE="http://$SANDBOX" ${GATEWAY_ENV:-} LOG_FORMAT=json \
     "$BIN" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 </dev/null 2>"$DIR/gateway.log" &
 PID=$!
-PIDS+=($PID)
+PIDS+=("$PID")
 GATEWAY="$(listening "$DIR/gateway.log" grpc_addr)"
 
 rss_kib() { sed -n "s/^$1:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$PID/status"; }

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Observability, end to end (sourced by scripts/e2e.sh, which provides BIN, TMP,
 # ok/not_ok, run_check and CLEANUP_HOOKS): the release gateway and the sandbox as
 # separate processes in the default configuration, a known set of calls, then
@@ -6,7 +7,8 @@
 # - every query of the Grafana dashboard and every alert names exported metrics,
 #   and the dashboard's queries run on that Prometheus (scripts/check_ops.py);
 # - `promtool test rules` passes for the shipped alert rules;
-# - the access log has one line per call.
+# - the access log has one line per call;
+# - a trace export configuration the gateway cannot serve stops it with exit 64.
 # Needs promtool and prometheus (Debian's `prometheus`, in e2e.sh's APT_PACKAGES).
 
 OBS_PIDS=()
@@ -168,6 +170,11 @@ run_check "promtool check rules: ops/prometheus/alerts.yaml" 0 "" \
 run_check "promtool test rules: ops/prometheus/alerts.test.yaml" 0 '
 assert "SUCCESS" in text, text
 ' -- timeout 60 promtool test rules ops/prometheus/alerts.test.yaml
+
+run_check "serve refuses an OTLP protocol it does not speak: exit 64, naming the variable" 64 '
+assert "OTEL_EXPORTER_OTLP_PROTOCOL" in text and "grpc" in text, text
+' -- env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+    timeout 10 "$BIN" serve --sandbox --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
 
 obs_cleanup
 OBS_PIDS=()
