@@ -2,7 +2,7 @@
 //!
 //! Configured by the standard variables: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` turns export on (it is off without one, and with
-//! `OTEL_SDK_DISABLED=true`);
+//! `OTEL_SDK_DISABLED=true`; plain gRPC only, so an `https://` endpoint is refused);
 //! `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` must be `grpc` if set; the SDK reads
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`,
 //! `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`, `_TIMEOUT`, `_COMPRESSION` and `OTEL_BSP_*`.
@@ -46,6 +46,17 @@ pub enum TracesError {
         /// What it says.
         value: String,
     },
+    /// An `https://` endpoint: this build has no TLS towards the collector.
+    #[error(
+        "{variable}: `{endpoint}`: this gateway sends traces over plain gRPC only; use an \
+         http:// endpoint (a collector agent on the node, or a sidecar, reached in clear text)"
+    )]
+    Tls {
+        /// The variable that named it.
+        variable: &'static str,
+        /// The endpoint.
+        endpoint: String,
+    },
     /// The exporter could not be built (an endpoint that is not a URL, say).
     #[error("cannot export traces to {endpoint}: {source}")]
     Exporter {
@@ -60,7 +71,7 @@ impl TracesError {
     /// The variable at fault, for the log line that reports it.
     pub fn key(&self) -> &'static str {
         match self {
-            TracesError::Protocol { variable, .. } => variable,
+            TracesError::Protocol { variable, .. } | TracesError::Tls { variable, .. } => variable,
             TracesError::Exporter { .. } => "OTEL_EXPORTER_OTLP_ENDPOINT",
         }
     }
@@ -94,12 +105,18 @@ impl Traces {
                 break;
             }
         }
-        let endpoint = env
-            .var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| env.var("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let Some(endpoint) = endpoint else {
+        let endpoint = [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .into_iter()
+        .find_map(|variable| Some((variable, env.var(variable)?)));
+        let Some((variable, endpoint)) = endpoint else {
             return Ok(None);
         };
+        if endpoint.to_ascii_lowercase().starts_with("https://") {
+            return Err(TracesError::Tls { variable, endpoint });
+        }
         let named = env.var("OTEL_SERVICE_NAME").is_some()
             || env
                 .var("OTEL_RESOURCE_ATTRIBUTES")
@@ -282,6 +299,17 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ]);
         assert!(Traces::from_env(&grpc).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_https_endpoint_is_refused_with_what_to_do() {
+        let tls = env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://collector:4317",
+        )]);
+        let error = Traces::from_env(&tls).unwrap_err();
+        assert_eq!(error.key(), "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        assert!(error.to_string().contains("http://"), "{error}");
     }
 
     #[tokio::test]
