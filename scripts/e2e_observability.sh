@@ -13,12 +13,13 @@
 
 OBS_PIDS=()
 obs_cleanup() {
+    local pid
     for pid in "${OBS_PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null
+        kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${OBS_PIDS[@]}"; do
-        timeout 10 tail --pid="$pid" -f /dev/null 2>/dev/null
-        kill -KILL "$pid" 2>/dev/null
+        timeout 10 tail --pid="$pid" -f /dev/null 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
     done
 }
 CLEANUP_HOOKS+=(obs_cleanup)
