@@ -8,12 +8,9 @@
 //!   token cache, error mapping and the hop to the same sandbox.
 //!
 //! The ratio of the two is the gateway's cost; absolute figures depend on the machine.
-//! With `--pid`, the gateway process's CPU time per call in each run, from
-//! `/proc/PID/stat`, which noise on a shared machine disturbs less than wall time.
 //! Run through `scripts/bench.sh`, which starts the gateway and reads its memory.
 
 use std::{
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -42,15 +39,19 @@ struct Args {
     /// gRPC connections the workers share (HTTP/2 multiplexes the rest).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// The gateway's process id: its CPU time (utime + stime from /proc) over the
+    /// gateway measurement is reported per call.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// Measure the gateway path only (e.g. for its CPU per call).
+    #[arg(long)]
+    gateway_only: bool,
     /// The gateway serves TLS: verify it with this PEM CA certificate, as `localhost`.
     #[arg(long)]
-    ca_file: Option<PathBuf>,
+    ca_file: Option<std::path::PathBuf>,
     /// Send `authorization: Bearer TOKEN` with every call.
     #[arg(long)]
     token: Option<String>,
-    /// The gateway's process id: report its CPU time per call.
-    #[arg(long)]
-    pid: Option<u32>,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -66,8 +67,6 @@ struct Tally {
 /// One measurement's summary.
 struct Summary {
     name: &'static str,
-    /// The gateway process's CPU time per call, microseconds, with `--pid`.
-    cpu_us_per_call: Option<f64>,
     calls: usize,
     errors: u64,
     per_sec: f64,
@@ -75,10 +74,17 @@ struct Summary {
     p90: f64,
     p99: f64,
     max: f64,
+    /// CPU seconds the measured process spent over the measurement, if one was named.
+    cpu: Option<Duration>,
 }
 
 impl Summary {
-    fn of(name: &'static str, tallies: Vec<Tally>, elapsed: Duration) -> Self {
+    fn of(
+        name: &'static str,
+        tallies: Vec<Tally>,
+        elapsed: Duration,
+        cpu: Option<Duration>,
+    ) -> Self {
         let errors = tallies.iter().map(|t| t.errors).sum();
         let mut all: Vec<u32> = tallies.into_iter().flat_map(|t| t.latencies_us).collect();
         all.sort_unstable();
@@ -88,7 +94,6 @@ impl Summary {
         };
         Summary {
             name,
-            cpu_us_per_call: None,
             calls: all.len(),
             errors,
             per_sec: all.len() as f64 / elapsed.as_secs_f64(),
@@ -96,15 +101,13 @@ impl Summary {
             p90: at(0.90),
             p99: at(0.99),
             max: all.last().map_or(0.0, |us| f64::from(*us) / 1000.0),
+            cpu,
         }
     }
 
     fn print(&self) {
-        let cpu = self
-            .cpu_us_per_call
-            .map_or_else(String::new, |us| format!(" {us:>10.1}"));
         println!(
-            "{:<8} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}{cpu}",
+            "{:<8} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             self.name,
             self.calls,
             self.errors,
@@ -114,50 +117,50 @@ impl Summary {
             self.p99,
             self.max
         );
+        if let Some(cpu) = self.cpu {
+            println!(
+                "{} process CPU: {:.2} s over the run, {:.1} µs per call",
+                self.name,
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / self.calls.max(1) as f64
+            );
+        }
     }
 }
 
-/// The CPU time (user + system, every thread) the process has used, from
-/// `/proc/PID/stat`, in microseconds. Linux reports it in USER_HZ ticks, which the
-/// kernel's user ABI fixes at 100 a second.
-fn cpu_time_us(pid: u32) -> Option<u64> {
+/// CPU time a process has used (utime + stime from `/proc/PID/stat`: all its
+/// threads, in clock ticks).
+fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime 14 and stime 15.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    Some((ticks(11)? + ticks(12)?) * 10_000)
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second(),
+    ))
 }
 
-/// `measure`, with the CPU time `pid` spent per call during it.
-async fn measure_cpu<F, Fut>(
-    pid: Option<u32>,
-    name: &'static str,
-    concurrency: usize,
-    duration: Duration,
-    call: F,
-) -> Summary
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let before = pid.and_then(cpu_time_us);
-    let started = Instant::now();
-    let mut summary = measure(name, concurrency, duration, call).await;
-    let after = pid.and_then(cpu_time_us);
-    // The warm-up second is included: count its calls at the measured rate.
-    let calls = summary.per_sec * started.elapsed().as_secs_f64();
-    if let (Some(before), Some(after)) = (before, after) {
-        summary.cpu_us_per_call = Some((after - before) as f64 / calls.max(1.0));
-    }
-    summary
+/// `getconf CLK_TCK`, 100 if it cannot be asked.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Runs `call` in `concurrency` closed loops: one second of warm-up, then `duration`.
+/// With `cpu_of`, that process's CPU time over the measured `duration` is read too.
 async fn measure<F, Fut>(
     name: &'static str,
     concurrency: usize,
     duration: Duration,
+    cpu_of: Option<u32>,
     call: F,
 ) -> Summary
 where
@@ -167,6 +170,14 @@ where
     let call = Arc::new(call);
     let warm_up = Instant::now() + Duration::from_secs(1);
     let end = warm_up + duration;
+    let cpu = cpu_of.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(warm_up.into()).await;
+            let before = cpu_time(pid)?;
+            tokio::time::sleep_until(end.into()).await;
+            Some(cpu_time(pid)?.saturating_sub(before))
+        })
+    });
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
             let call = Arc::clone(&call);
@@ -194,7 +205,11 @@ where
     for worker in workers {
         tallies.push(worker.await.unwrap_or_default());
     }
-    Summary::of(name, tallies, duration)
+    let cpu = match cpu {
+        Some(sampler) => sampler.await.ok().flatten(),
+        None => None,
+    };
+    Summary::of(name, tallies, duration, cpu)
 }
 
 fn customer(worker: usize) -> String {
@@ -204,9 +219,45 @@ fn customer(worker: usize) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let duration = Duration::from_secs(args.duration_secs);
+    let direct = if args.gateway_only {
+        None
+    } else {
+        Some(direct(&args).await?)
+    };
+    let gateway = gateway(&args).await?;
 
-    // direct: the caller does WeCom's HTTP itself, with one token.
+    println!(
+        "concurrency {}, {} s per run after 1 s warm-up; latencies in ms",
+        args.concurrency, args.duration_secs
+    );
+    println!(
+        "{:<8} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "path", "calls", "errors", "calls/s", "p50", "p90", "p99", "max"
+    );
+    if let Some(direct) = &direct {
+        direct.print();
+    }
+    gateway.print();
+    if let Some(direct) = &direct {
+        println!(
+            "gateway/direct: throughput {:.2}x, p50 latency {:.2}x",
+            gateway.per_sec / direct.per_sec.max(f64::MIN_POSITIVE),
+            gateway.p50 / direct.p50.max(f64::MIN_POSITIVE)
+        );
+    }
+    let direct_errors = direct.map_or(0, |direct| direct.errors);
+    if direct_errors + gateway.errors > 0 {
+        return Err(format!(
+            "{direct_errors} direct and {} gateway calls failed",
+            gateway.errors
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The caller does WeCom's HTTP itself, with one token.
+async fn direct(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
     let http = reqwest::Client::new();
     let token_answer: serde_json::Value = serde_json::from_slice(
         &http
@@ -225,36 +276,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}/cgi-bin/kf/customer/upgrade_service?access_token={token}",
         args.sandbox
     );
-    let direct = measure_cpu(
-        args.pid,
-        "direct",
-        args.concurrency,
-        duration,
-        move |worker| {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let body = serde_json::json!({
-                    "open_kfid": "kfbench", "external_userid": customer(worker),
-                    "type": 1, "member": {"userid": "zhangsan", "wording": "bench"},
-                });
-                let request = http
-                    .post(&url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.to_string());
-                let Ok(response) = request.send().await else {
-                    return false;
-                };
-                let Ok(bytes) = response.bytes().await else {
-                    return false;
-                };
-                serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .is_ok_and(|answer| answer["errcode"] == 0)
-            }
-        },
-    )
+    let duration = Duration::from_secs(args.duration_secs);
+    let direct = measure("direct", args.concurrency, duration, None, move |worker| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let body = serde_json::json!({
+                "open_kfid": "kfbench", "external_userid": customer(worker),
+                "type": 1, "member": {"userid": "zhangsan", "wording": "bench"},
+            });
+            let request = http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+            let Ok(response) = request.send().await else {
+                return false;
+            };
+            let Ok(bytes) = response.bytes().await else {
+                return false;
+            };
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|answer| answer["errcode"] == 0)
+        }
+    })
     .await;
+    Ok(direct)
+}
 
-    // gateway: the same operation through gRPC.
+/// The same operation through the gateway, over gRPC.
+async fn gateway(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections.max(1) {
         let channel = match &args.ca_file {
@@ -272,11 +321,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(token) => Some(format!("Bearer {token}").parse()?),
         None => None,
     };
-    let gateway = measure_cpu(
-        args.pid,
+    let duration = Duration::from_secs(args.duration_secs);
+    let gateway = measure(
         "gateway",
         args.concurrency,
         duration,
+        args.gateway_pid,
         move |worker| {
             let mut client = clients[worker % clients.len()].clone();
             let bearer = bearer.clone();
@@ -300,33 +350,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await;
-
-    println!(
-        "concurrency {}, {} s per run after 1 s warm-up; latencies in ms",
-        args.concurrency, args.duration_secs
-    );
-    let cpu_header = if args.pid.is_some() {
-        " cpu_us/call"
-    } else {
-        ""
-    };
-    println!(
-        "{:<8} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}{cpu_header}",
-        "path", "calls", "errors", "calls/s", "p50", "p90", "p99", "max"
-    );
-    direct.print();
-    gateway.print();
-    println!(
-        "gateway/direct: throughput {:.2}x, p50 latency {:.2}x",
-        gateway.per_sec / direct.per_sec.max(f64::MIN_POSITIVE),
-        gateway.p50 / direct.p50.max(f64::MIN_POSITIVE)
-    );
-    if direct.errors + gateway.errors > 0 {
-        return Err(format!(
-            "{} direct and {} gateway calls failed",
-            direct.errors, gateway.errors
-        )
-        .into());
-    }
-    Ok(())
+    Ok(gateway)
 }

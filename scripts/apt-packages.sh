@@ -14,14 +14,16 @@ set -euo pipefail
 # - Go with Debian's gRPC packages (GOPATH mode, no module downloads), protoc and
 #   its Go plugins; PHP with curl; curl;
 # - openssl makes the certificates of the TLS and mTLS checks;
-# - redis-server for the fleet tests (tests/api/fleet.rs), a real Redis.
+# - redis-server for the fleet tests (tests/api/fleet.rs), a real Redis;
+# - prometheus: the server that scrapes the gateway, and promtool for the metrics
+#   lint and the alert rules' unit tests.
 APT_PACKAGES=(
     podman buildah runc iptables debootstrap unzip
     golang-go golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev
     golang-google-protobuf-dev golang-google-genproto-dev
     protobuf-compiler protoc-gen-go protoc-gen-go-grpc
     php-cli php-curl curl openssl
-    redis-server
+    redis-server prometheus
 )
 apt_missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -398,20 +398,28 @@ def check_monitoring(render, opts):
         assert ep["port"] == "admin" and ep["path"] == "/metrics", f"ServiceMonitor scrapes {ep}"
         notes.append("ServiceMonitor on admin /metrics")
     for pr in rules:
-        # The repository's alert rules: every `- alert:` of files/alerts.yaml, in order.
-        want = re.findall(r"^\s*- alert:\s*(\S+)", (CHART / "files" / "alerts.yaml").read_text(), re.M)
-        assert want, "files/alerts.yaml holds no alert"
+        # The repository's alert rules, in order: every `- alert:` of files/alerts.yaml
+        # (kube-state-metrics, bound to this release), then of files/gateway-alerts.yaml
+        # (the gateway's metrics, aggregated by namespace and job).
+        bound = re.findall(r"^\s*- alert:\s*(\S+)", (CHART / "files" / "alerts.yaml").read_text(), re.M)
+        own = re.findall(r"^\s*- alert:\s*(\S+)", (CHART / "files" / "gateway-alerts.yaml").read_text(), re.M)
+        assert bound and own, "files/alerts.yaml or files/gateway-alerts.yaml holds no alert"
         got = [r for g in pr["spec"]["groups"] for r in g["rules"]]
-        assert [r.get("alert") for r in got] == want, f"alerts {[r.get('alert') for r in got]}, file has {want}"
+        assert [r.get("alert") for r in got] == bound + own, f"alerts {[r.get('alert') for r in got]}, files have {bound + own}"
         ns = render.deployment()["metadata"].get("namespace")
         deployment = render.deployment()["metadata"]["name"]
         for r in got:
             assert r["expr"].strip(), f"{r['alert']}: empty expr"
             assert "{{" not in r["expr"], f"{r['alert']}: unrendered template in expr"
-            assert f'namespace="{ns}"' in r["expr"] and deployment in r["expr"], f"{r['alert']}: not bound to this release"
+            if r["alert"] in bound:
+                assert f'namespace="{ns}"' in r["expr"] and deployment in r["expr"], f"{r['alert']}: not bound to this release"
+            else:
+                assert "by (namespace, job" in r["expr"], f"{r['alert']}: not per namespace and job"
+                assert "{{ $labels." in r["annotations"]["summary"] + r["annotations"]["description"], (
+                    f"{r['alert']}: its Prometheus templates did not survive the render")
             assert r["labels"]["severity"] in ("critical", "warning"), f"{r['alert']}: severity"
             assert r["annotations"].get("summary"), f"{r['alert']}: no summary"
-        notes.append(f"PrometheusRule with {len(want)} alerts of files/alerts.yaml")
+        notes.append(f"PrometheusRule with {len(bound)} alerts of files/alerts.yaml and {len(own)} of files/gateway-alerts.yaml")
     return ", ".join(notes)
 
 

@@ -3,8 +3,10 @@
 # loopback ports and drives it with grpcurl, the `health` subcommand and plain
 # HTTP, runs the callers in other languages and buf (scripts/e2e_polyglot.sh),
 # then stops it with SIGTERM and watches it drain. Then a minute's soak under
-# faults (scripts/soak.sh) and the Kubernetes packaging: the Helm chart and the
-# container image (scripts/e2e_k8s.sh).
+# faults (scripts/soak.sh), TLS and callers, observability: metrics, a real
+# Prometheus, the alert rules and the dashboard (scripts/e2e_observability.sh).
+# Then the Kubernetes packaging: the Helm chart and the container image
+# (scripts/e2e_k8s.sh).
 #
 # Needs: cargo, python3 with pip, npm, timeout; Debian's apt-get and root for
 # the packages in scripts/apt-packages.sh (skipped when they are all installed).
@@ -787,6 +789,11 @@ kill -TERM "$SERVER_PID" 2>/dev/null || true
 timeout 20 tail --pid="$SERVER_PID" -f /dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=""
+
+# ---------------------------------------------------------------- observability
+
+# shellcheck source=scripts/e2e_observability.sh
+source scripts/e2e_observability.sh
 
 # ---------------------------------------------------------------- Kubernetes packaging
 

@@ -119,6 +119,12 @@ struct HealthArgs {
 }
 
 impl Cli {
+    /// Whether the command exports traces (when the `OTEL_*` variables say where):
+    /// only the gateway does.
+    pub fn exports_traces(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+
     /// Runs the command; the exit code says whether it succeeded: 0, 64 (EX_USAGE)
     /// for a bad configuration, 1 for any other failure.
     pub async fn run(self) -> ExitCode {
@@ -173,7 +179,7 @@ impl From<ConfigError> for CommandError {
 }
 
 /// EX_USAGE from sysexits.h: the command was used with a bad configuration.
-const EX_USAGE: u8 = 64;
+pub const EX_USAGE: u8 = 64;
 
 /// The exit code for a command's result, after reporting a failure once.
 fn exit(result: Result<(), CommandError>, report: impl FnOnce(&CommandError)) -> ExitCode {

@@ -7,8 +7,9 @@
 //! - [`tls`]: TLS and mTLS on the gRPC port, certificates reloaded when their files change.
 //! - `reload`: files re-read when their contents change.
 //! - [`domain`]: validated requests (`OpenKfId`, `UserId`, `Wording`…).
-//! - [`grpc`]: the edge: straight-line handlers, each call's budget and outcome log, and
-//!   one mapping from an edge error to its status and who is at fault.
+//! - [`grpc`]: the edge: straight-line handlers, each call's budget and outcome (its
+//!   span, metrics and one log line), and one mapping from an edge error to its status
+//!   and who is at fault.
 //! - [`wecom`]: the WeCom adapter, free of the configuration: HTTP transport, one token
 //!   refresher per app, errcodes, JSON types.
 //! - [`sandbox`]: a WeCom simulator for the demo, local development and the tests.
@@ -16,7 +17,8 @@
 //!   timeout, accept errors backed off.
 //! - [`startup`]: binds the listeners, serves gRPC and admin HTTP, drains on shutdown.
 //! - [`signal`]: SIGTERM and SIGINT: the first drains, a second exits at once.
-//! - [`telemetry`]: structured logging to any writer; error cause chains.
+//! - [`telemetry`]: structured logs (one line per call), OTLP traces, Prometheus metrics;
+//!   error cause chains.
 //! - [`cli`]: the `wecom-kf-upgrade` command line.
 #![forbid(unsafe_code)]
 #![warn(

@@ -1,13 +1,24 @@
-//! `wecom-kf-upgrade`: parse the command line, start logging, run.
+//! `wecom-kf-upgrade`: parse the command line, start logging (and traces), run.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use wecom_kf_upgrade::{cli::Cli, telemetry};
+use wecom_kf_upgrade::{
+    cli::{Cli, EX_USAGE},
+    telemetry::{self, ErrorChain},
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
-    cli.run().await
+    let telemetry = match telemetry::init(cli.exports_traces()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            tracing::error!(key = error.key(), error = %ErrorChain(&error), "exiting");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let code = cli.run().await;
+    telemetry.shutdown().await;
+    code
 }

@@ -10,7 +10,11 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    http::{HeaderMap, StatusCode, header},
+    routing::get,
+};
 use tokio::net::TcpListener;
 use tonic::{
     service::{Routes, interceptor::InterceptedService},
@@ -23,7 +27,7 @@ use crate::{
     config::{Settings, is_cleartext_remote, is_exposed},
     grpc::{self, CallLimits, CustomerUpgradeServiceServer, Cutoff, UpgradeGateway, pb},
     listener::{Incoming, ListenerSettings},
-    telemetry::redacted,
+    telemetry::{Metrics, redacted},
     tls::{TlsAcceptor, TlsError},
     wecom::Apps,
 };
@@ -65,13 +69,15 @@ pub struct Application {
     apps: Apps,
     access: Access,
     tls: Option<Arc<TlsAcceptor>>,
+    metrics: Metrics,
     grpc: TcpListener,
     admin: TcpListener,
 }
 
 impl Application {
-    /// Builds the WeCom clients, TLS and caller authentication (both start watching
-    /// their files), and binds both listeners (port 0 picks a free port).
+    /// Builds the WeCom clients, the metrics registry, TLS and caller
+    /// authentication (both start watching their files), and binds both listeners
+    /// (port 0 picks a free port).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         for (name, app) in &settings.apps {
             if is_cleartext_remote(&app.api_base) {
@@ -86,7 +92,8 @@ impl Application {
             tracing::warn!(listen = %settings.listen, "INSECURE: {warning}");
         }
         let (adapter, specs) = settings.adapter();
-        let apps = Apps::new(&adapter, specs, settings.default_app.clone())?;
+        let metrics = Metrics::new();
+        let apps = Apps::new(&adapter, specs, settings.default_app.clone(), &metrics)?;
         let access = match &settings.auth {
             Some(auth) => Access::from_file(
                 auth.callers.clone(),
@@ -112,6 +119,7 @@ impl Application {
             apps,
             access,
             tls,
+            metrics,
             grpc,
             admin,
         })
@@ -120,6 +128,11 @@ impl Application {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    /// The gateway's metrics, as `/metrics` serves them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The bound admin HTTP address.
@@ -156,6 +169,7 @@ impl Application {
             limits,
             cutoff,
             self.access.clone(),
+            self.metrics.clone(),
         ));
         let in_flight = Arc::clone(&gateway);
         let service = InterceptedService::new(
@@ -185,7 +199,7 @@ impl Application {
 
         let ready = Arc::new(AtomicBool::new(true));
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = axum::serve(self.admin, admin_router(Arc::clone(&ready)))
+        let admin = axum::serve(self.admin, admin_router(Arc::clone(&ready), self.metrics))
             .with_graceful_shutdown(async {
                 let _ = admin_stopped.await;
             });
@@ -332,9 +346,23 @@ const CUTOFF_ANSWER_TIME: (Duration, Duration) =
 
 /// `/healthz`: the process is alive. `/readyz`: it accepts work (not draining).
 /// Neither asks WeCom: an outage there must not take every replica out of service.
-fn admin_router(ready: Arc<AtomicBool>) -> Router {
+/// `/metrics`: Prometheus metrics, in OpenMetrics (with exemplars) for a scraper
+/// that asks for it, else in the Prometheus text format.
+fn admin_router(ready: Arc<AtomicBool>, metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move |headers: HeaderMap| {
+                let openmetrics = headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|accept| accept.to_str().ok())
+                    .any(|accept| accept.contains("application/openmetrics-text"));
+                let (content_type, body) = metrics.encode(openmetrics);
+                async move { ([(header::CONTENT_TYPE, content_type)], body) }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

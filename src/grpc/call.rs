@@ -1,9 +1,13 @@
 //! What the edge knows of a call besides its message, and the one place a call's
-//! outcome is recorded.
+//! outcome is recorded: its span's status, its metrics, and its one log line.
 
 use std::{
     future::Future,
     net::SocketAddr,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -16,16 +20,20 @@ use tonic::{
         server::{TcpConnectInfo, TlsConnectInfo},
     },
 };
-use tracing::Span;
+use tracing::{Span, field::Empty};
 
 use super::{
     APP_METADATA_KEY, deadline,
     error::{CallError, Failure, Fault},
-    status,
+    status::{self, code_name},
 };
 use crate::{
     auth::{Access, AuthError, Caller},
-    telemetry::ErrorChain,
+    telemetry::{
+        ACCESS_TARGET, ErrorChain, Metrics,
+        metrics::{FinishedCall, InFlight},
+        traces::{self, Trace},
+    },
     wecom,
 };
 
@@ -116,62 +124,174 @@ impl Cutoff {
     }
 }
 
+/// The RPCs of `wecom.kf.v1.CustomerUpgradeService`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Method {
+    GetUpgradeConfig,
+    UpgradeService,
+    CancelUpgrade,
+}
+
+impl Method {
+    /// The method's name, as `rpc.method`, metrics and logs give it.
+    pub(super) const fn name(self) -> &'static str {
+        match self {
+            Method::GetUpgradeConfig => "GetUpgradeConfig",
+            Method::UpgradeService => "UpgradeService",
+            Method::CancelUpgrade => "CancelUpgrade",
+        }
+    }
+
+    /// `service/method`: the RPC span's name, as the OpenTelemetry RPC conventions
+    /// want it.
+    const fn span_name(self) -> &'static str {
+        match self {
+            Method::GetUpgradeConfig => "wecom.kf.v1.CustomerUpgradeService/GetUpgradeConfig",
+            Method::UpgradeService => "wecom.kf.v1.CustomerUpgradeService/UpgradeService",
+            Method::CancelUpgrade => "wecom.kf.v1.CustomerUpgradeService/CancelUpgrade",
+        }
+    }
+}
+
 /// One call in progress.
 pub(super) struct Call {
+    method: Method,
     metadata: MetadataMap,
     arrival: Instant,
     /// The caller's address, for the audit.
     pub(super) peer: Option<SocketAddr>,
     /// Who the caller is, or why it is not recognised: decided once, on arrival.
     caller: Result<Caller, AuthError>,
-    /// The RPC's span: the handler runs in it.
+    /// The RPC's span: the handler runs in it. Disabled (free) unless traces are
+    /// on or logs are at debug.
     pub(super) span: Span,
+    /// The configured app serving the call, once it is known.
+    app: OnceLock<Arc<str>>,
+    /// The trace the caller's `traceparent` named, for the log line when the
+    /// gateway exports no traces of its own.
+    caller_trace: Option<Trace>,
+    metrics: Metrics,
+    /// Counts the call in flight until it is dropped.
+    _in_flight: InFlight,
+    /// The call's one log line is written (the audit line of an upgrade or cancel).
+    logged: AtomicBool,
 }
+
+/// What a call's one log line says: the access line, or the audit line that
+/// stands for it.
+pub(super) struct Line<'a> {
+    pub(super) method: &'static str,
+    /// The configured app, or empty if the call never got one.
+    pub(super) app: &'a str,
+    pub(super) code: &'static str,
+    /// The ErrorInfo reason; absent for a success.
+    pub(super) reason: Option<&'static str>,
+    pub(super) errcode: Option<i64>,
+    pub(super) duration_ms: f64,
+    pub(super) trace_id: Option<opentelemetry::trace::TraceId>,
+    pub(super) fault: Option<Fault>,
+    /// The cause chain of a failure.
+    pub(super) error: Option<ErrorChain<'a>>,
+}
+
+/// Writes a call's line (see [`Line`]) on `target`: at info when it succeeded or
+/// the caller must act, at warn when an operator should look (WeCom down or slow,
+/// credentials, permissions). More fields and the message follow the line.
+macro_rules! call_line {
+    (target: $target:expr, $line:expr, $($rest:tt)+) => {{
+        let line: &$crate::grpc::call::Line<'_> = &$line;
+        let trace_id = line.trace_id.map(tracing::field::display);
+        let fault = line.fault.map($crate::grpc::error::Fault::as_str);
+        let error = line.error.map(tracing::field::display);
+        match line.fault {
+            None | Some($crate::grpc::error::Fault::Caller) => tracing::info!(
+                target: $target,
+                method = line.method,
+                code = line.code,
+                reason = line.reason,
+                errcode = line.errcode,
+                duration_ms = line.duration_ms,
+                trace_id,
+                fault,
+                error,
+                $($rest)+
+            ),
+            Some(_) => tracing::warn!(
+                target: $target,
+                method = line.method,
+                code = line.code,
+                reason = line.reason,
+                errcode = line.errcode,
+                duration_ms = line.duration_ms,
+                trace_id,
+                fault,
+                error,
+                $($rest)+
+            ),
+        }
+    }};
+}
+pub(super) use call_line;
 
 impl Call {
     /// Takes a gRPC request apart: the call, and its message.
     pub(super) fn accept<T>(
-        method: &'static str,
+        method: Method,
         request: Request<T>,
         access: &Access,
+        metrics: &Metrics,
     ) -> (Self, T) {
         let (metadata, extensions, message) = request.into_parts();
         let arrival = extensions
             .get::<Arrival>()
             .map_or_else(Instant::now, |arrival| arrival.0);
-        (
-            Self::new(method, metadata, &extensions, arrival, access),
-            message,
-        )
+        let call = Self::new(method, metadata, &extensions, arrival, access, metrics);
+        (call, message)
     }
 
     /// A call of `method` that arrived at `arrival`, on the connection the
     /// extensions describe, from the caller `access` recognises.
     pub(super) fn new(
-        method: &'static str,
+        method: Method,
         metadata: MetadataMap,
         extensions: &Extensions,
         arrival: Instant,
         access: &Access,
+        metrics: &Metrics,
     ) -> Self {
         let peer = Peer::of(extensions);
         let caller = access.identify(&metadata, peer.certificate.as_ref());
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "rpc",
+            otel.name = method.span_name(),
+            otel.kind = "server",
+            otel.status_code = Empty,
             rpc.system = "grpc",
             rpc.service = "wecom.kf.v1.CustomerUpgradeService",
-            rpc.method = method,
-            rpc.grpc.status_code = tracing::field::Empty,
+            rpc.method = method.name(),
+            rpc.grpc.status_code = Empty,
             enduser.id = caller.as_ref().ok().map(Caller::name),
-            wecom.app = tracing::field::Empty,
-            wecom.errcode = tracing::field::Empty,
+            error.type = Empty,
+            wecom.app = Empty,
+            wecom.errcode = Empty,
         );
+        let parent = traces::caller_context(&metadata);
+        let caller_trace = parent.as_ref().and_then(traces::context_trace);
+        if let Some(parent) = parent {
+            traces::set_parent(&span, parent);
+        }
         Call {
+            method,
             metadata,
             arrival,
             peer: peer.addr,
             caller,
             span,
+            app: OnceLock::new(),
+            caller_trace,
+            metrics: metrics.clone(),
+            _in_flight: metrics.call_started(method.name()),
+            logged: AtomicBool::new(false),
         }
     }
 
@@ -199,6 +319,12 @@ impl Call {
             .to_str()
             .map(Some)
             .map_err(|_| invalid("must be printable ASCII"))
+    }
+
+    /// The configured app that serves the call.
+    pub(super) fn serve_with(&self, app: &Arc<str>) {
+        self.span.record("wecom.app", &**app);
+        let _ = self.app.set(Arc::clone(app));
     }
 
     /// Runs the WeCom work within the time left: `limit` (the gateway's call
@@ -245,37 +371,79 @@ impl Call {
         Some(timeout.saturating_sub(self.arrival.elapsed() + headroom))
     }
 
-    /// Ends the call, over gRPC or HTTP: records its status on the span and logs a
-    /// failure once, at the level its fault calls for (the cause chain stays in the
-    /// log; the caller gets the mapped status).
-    pub(super) fn finish<T>(self, result: Result<T, Failure>) -> Result<T, Status> {
-        let _in_span = self.span.enter();
-        let failure = match result {
-            Ok(message) => {
-                self.span.record("rpc.grpc.status_code", Code::Ok as i32);
-                tracing::debug!(code = ?Code::Ok, "rpc finished");
-                return Ok(message);
-            }
-            Err(failure) => failure,
-        };
-        let code = failure.status.code();
-        self.span.record("rpc.grpc.status_code", code as i32);
-        if let Some(errcode) = failure.error.errcode() {
-            self.span.record("wecom.errcode", errcode);
-        }
-        let error = ErrorChain(&failure.error);
-        match failure.fault {
-            Fault::Caller => {
-                tracing::info!(code = ?code, reason = failure.reason, %error, "call refused")
-            }
-            Fault::Operator | Fault::WeCom => tracing::warn!(
-                code = ?code,
-                reason = failure.reason,
-                fault = ?failure.fault,
-                %error,
-                "call failed"
-            ),
-        }
-        Err(failure.status)
+    /// The line that records the call's `outcome`, for a line written elsewhere
+    /// (the audit line): the call then writes no access line of its own.
+    pub(super) fn line_for<'a, T>(&'a self, outcome: &'a Result<T, Failure>) -> Line<'a> {
+        self.logged.store(true, Ordering::Relaxed);
+        self.line(outcome, self.trace())
     }
+
+    fn line<'a, T>(&'a self, outcome: &'a Result<T, Failure>, trace: Option<Trace>) -> Line<'a> {
+        let failure = outcome.as_ref().err();
+        let code = failure.map_or(Code::Ok, |f| f.status.code());
+        Line {
+            method: self.method.name(),
+            app: self.app.get().map_or("", |app| app),
+            code: code_name(code),
+            reason: failure.map(|f| f.reason),
+            errcode: failure.and_then(|f| f.error.errcode()),
+            duration_ms: self.arrival.elapsed().as_micros() as f64 / 1000.0,
+            trace_id: trace.map(|trace| trace.id),
+            fault: failure.map(|f| f.fault),
+            error: failure.map(|f| ErrorChain(&f.error)),
+        }
+    }
+
+    /// The trace the call is part of: the gateway's own when it exports traces,
+    /// else the one the caller named.
+    fn trace(&self) -> Option<Trace> {
+        traces::span_trace(&self.span).or(self.caller_trace)
+    }
+
+    /// Ends the call, over gRPC or HTTP: records its status on the span, counts it,
+    /// and writes its one log line unless its audit line was that line (the cause
+    /// chain stays in the log; the caller gets the mapped status).
+    pub(super) fn finish<T>(self, result: Result<T, Failure>) -> Result<T, Status> {
+        let failure = result.as_ref().err();
+        let code = failure.map_or(Code::Ok, |f| f.status.code());
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if let Some(failure) = failure {
+            self.span.record("error.type", failure.reason);
+            if let Some(errcode) = failure.error.errcode() {
+                self.span.record("wecom.errcode", errcode);
+            }
+            if is_server_error(code) {
+                self.span.record("otel.status_code", "error");
+            }
+        }
+        let trace = self.trace();
+        self.metrics.call_finished(FinishedCall {
+            method: self.method.name(),
+            app: self.app.get(),
+            code: code_name(code),
+            reason: failure.map_or("", |f| f.reason),
+            fault: failure.map_or("", |f| f.fault.as_str()),
+            elapsed: self.arrival.elapsed(),
+            trace: trace.filter(|t| t.exported).map(|t| t.id),
+        });
+        if !self.logged.load(Ordering::Relaxed) {
+            let line = self.line(&result, trace);
+            call_line!(target: ACCESS_TARGET, line, app = line.app, "call finished");
+        }
+        result.map_err(|failure| failure.status)
+    }
+}
+
+/// The codes that mark a server span as failed, per the OpenTelemetry gRPC
+/// conventions; the others are the caller's business.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }

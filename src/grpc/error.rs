@@ -125,6 +125,17 @@ pub(crate) enum Fault {
     WeCom,
 }
 
+impl Fault {
+    /// The value logs and metrics give it.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Fault::Caller => "caller",
+            Fault::Operator => "operator",
+            Fault::WeCom => "wecom",
+        }
+    }
+}
+
 /// A failed call, mapped once: the cause, the status the caller gets, who is at fault.
 #[derive(Debug)]
 pub(crate) struct Failure {

@@ -8,13 +8,14 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use super::{
-    call::{Call, Cutoff},
+    call::{Call, Cutoff, Method, call_line},
     error::{CallError, Failure},
     pb,
 };
 use crate::{
     auth::{Access, Caller},
     domain::{Customer, Upgrade, UpgradeTarget},
+    telemetry::Metrics,
     wecom::{self, AppClient, Apps},
 };
 
@@ -35,18 +36,27 @@ pub struct UpgradeGateway {
     in_flight: Arc<Semaphore>,
     cutoff: Cutoff,
     access: Access,
+    pub(super) metrics: Metrics,
 }
 
 impl UpgradeGateway {
     /// Serves the given apps within `limits` to the callers `access` lets in;
-    /// calls still waiting for WeCom when `cutoff` is raised end with SHUTTING_DOWN.
-    pub fn new(apps: Apps, limits: CallLimits, cutoff: Cutoff, access: Access) -> Self {
+    /// calls still waiting for WeCom when `cutoff` is raised end with
+    /// SHUTTING_DOWN. Calls are counted in `metrics`.
+    pub fn new(
+        apps: Apps,
+        limits: CallLimits,
+        cutoff: Cutoff,
+        access: Access,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             apps,
             in_flight: Arc::new(Semaphore::new(limits.max_calls_in_flight)),
             limits,
             cutoff,
             access,
+            metrics,
         }
     }
 
@@ -68,8 +78,11 @@ impl UpgradeGateway {
     {
         let _admitted: OwnedSemaphorePermit = Arc::clone(&self.in_flight)
             .try_acquire_owned()
-            .map_err(|_| CallError::Overloaded {
-                limit: self.limits.max_calls_in_flight,
+            .map_err(|_| {
+                self.metrics.call_shed();
+                CallError::Overloaded {
+                    limit: self.limits.max_calls_in_flight,
+                }
             })?;
         let app = self.app(call)?;
         let timeout = self.limits.call_timeout;
@@ -102,7 +115,7 @@ impl UpgradeGateway {
                 allowed: allowed(),
             });
         }
-        call.span.record("wecom.app", app.name());
+        call.serve_with(app.name());
         Ok(app)
     }
 
@@ -185,7 +198,10 @@ fn bounded(name: &str) -> &str {
 
 /// One audit event per valid upgrade or cancel of a known caller, whatever its
 /// outcome (an unknown or forbidden app included): a timed-out call may still have
-/// taken effect at WeCom.
+/// taken effect at WeCom. It is the call's one log line: it carries the access
+/// line's fields (method, code, reason, errcode, duration, trace id, and a
+/// failure's fault and cause), at the access line's level, and the call writes no
+/// access line of its own.
 struct Audit<'a> {
     action: &'static str,
     caller: &'a Caller,
@@ -197,19 +213,21 @@ struct Audit<'a> {
 }
 
 impl Audit<'_> {
-    /// Writes the event on the `audit` target, with the outcome: the status code,
-    /// and for a failure its ErrorInfo reason and WeCom's errcode, if any.
+    /// Writes the event on the `audit` target, with the outcome: the status code
+    /// (`outcome`, and `code` as the access line names it), and for a failure its
+    /// ErrorInfo reason and WeCom's errcode, if any.
     fn write(self, call: &Call, outcome: &Result<(), Failure>) {
-        let (code, reason, errcode) = match outcome {
-            Ok(()) => (Code::Ok, None, None),
-            Err(f) => (f.status.code(), Some(f.reason), f.error.errcode()),
-        };
+        let code = outcome
+            .as_ref()
+            .map_or_else(|f| f.status.code(), |()| Code::Ok);
         let peer = call
             .peer
             .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         let action = self.action;
-        tracing::info!(
+        let access = call.line_for(outcome);
+        call_line!(
             target: "audit",
+            access,
             action,
             caller = self.caller.name(),
             auth = self.caller.proof().as_str(),
@@ -219,8 +237,6 @@ impl Audit<'_> {
             external_userid = %self.customer.external_userid,
             recommended = self.target.map(ToString::to_string),
             outcome = ?code,
-            reason,
-            errcode,
             "{action}"
         );
     }
@@ -232,7 +248,12 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::GetUpgradeConfigRequest>,
     ) -> Result<Response<pb::GetUpgradeConfigResponse>, Status> {
-        let (call, _) = Call::accept("GetUpgradeConfig", request, &self.access);
+        let (call, _) = Call::accept(
+            Method::GetUpgradeConfig,
+            request,
+            &self.access,
+            &self.metrics,
+        );
         let result = self.get_config(&call).instrument(call.span.clone()).await;
         call.finish(result).map(Response::new)
     }
@@ -241,7 +262,8 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::UpgradeServiceRequest>,
     ) -> Result<Response<pb::UpgradeServiceResponse>, Status> {
-        let (call, message) = Call::accept("UpgradeService", request, &self.access);
+        let (call, message) =
+            Call::accept(Method::UpgradeService, request, &self.access, &self.metrics);
         let result = self
             .upgrade(&call, message)
             .instrument(call.span.clone())
@@ -253,7 +275,8 @@ impl super::CustomerUpgradeService for UpgradeGateway {
         &self,
         request: Request<pb::CancelUpgradeRequest>,
     ) -> Result<Response<pb::CancelUpgradeResponse>, Status> {
-        let (call, message) = Call::accept("CancelUpgrade", request, &self.access);
+        let (call, message) =
+            Call::accept(Method::CancelUpgrade, request, &self.access, &self.metrics);
         let result = self
             .cancel(&call, message)
             .instrument(call.span.clone())

@@ -8,7 +8,7 @@ use crate::domain::{Customer, Upgrade, UpgradeConfig, UpgradeTarget};
 
 /// Reads a WeCom reply: HTTP 200 (anything else is [`Error::HttpStatus`]), then
 /// WeCom's envelope (see [`decode_body`]).
-pub(crate) fn decode<T: DeserializeOwned>(endpoint: Endpoint, reply: Reply) -> Result<T, Error> {
+pub(super) fn decode<T: DeserializeOwned>(endpoint: Endpoint, reply: Reply) -> Result<T, Error> {
     if reply.status != 200 {
         return Err(Error::HttpStatus {
             endpoint,

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     domain::{Customer, Upgrade, UpgradeConfig},
-    telemetry::redacted,
+    telemetry::{Metrics, redacted},
 };
 
 /// Least time left for a request worth sending after waiting for a turn.
@@ -75,7 +75,7 @@ pub struct AdapterSettings {
 /// One configured WeCom app: its token cache and its calls.
 #[derive(Debug)]
 pub struct AppClient {
-    name: String,
+    name: Arc<str>,
     transport: Transport,
     tokens: TokenCache,
     retry: Retry,
@@ -86,11 +86,12 @@ pub struct AppClient {
     /// Turns to have a request in flight to WeCom.
     turns: Semaphore,
     max_requests: usize,
+    metrics: Metrics,
 }
 
 impl AppClient {
     /// The app's configured name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -139,8 +140,13 @@ impl AppClient {
         let mut refreshed = false;
         let mut retries = 0;
         let mut may_have_taken_effect = false;
+        let mut attempt = 0;
         loop {
-            let error = match self.attempt(endpoint, &token, body, deadline).await {
+            attempt += 1;
+            let error = match self
+                .attempt(endpoint, &token, body, attempt, deadline)
+                .await
+            {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
@@ -170,6 +176,7 @@ impl AppClient {
         endpoint: Endpoint,
         token: &super::AccessToken,
         body: Option<&[u8]>,
+        attempt: u32,
         deadline: Instant,
     ) -> Result<T, Error> {
         self.wait_for_slot(endpoint, deadline).await?;
@@ -192,8 +199,9 @@ impl AppClient {
             endpoint,
             query: &query,
             body,
+            attempt,
         };
-        api::decode(endpoint, self.transport.send(call).await?)
+        self.transport.request(call).await
     }
 
     /// Spends a slot of the rate limits, waiting for one for at most
@@ -203,10 +211,13 @@ impl AppClient {
             return Ok(());
         };
         let give_up = deadline.min(Instant::now() + self.max_rate_wait);
-        let refused = |full: NoSlot, retry_after| Error::RateLimited {
-            endpoint,
-            window: full.window,
-            retry_after,
+        let refused = |full: NoSlot, retry_after| {
+            self.metrics.call_rate_limited(endpoint.path(), &self.name);
+            Error::RateLimited {
+                endpoint,
+                window: full.window,
+                retry_after,
+            }
         };
         if Instant::now() + full.retry_after > give_up {
             return Err(refused(full, full.retry_after));
@@ -240,11 +251,13 @@ pub struct Apps {
 
 impl Apps {
     /// One [`AppClient`] per app, sharing one HTTP connection pool, each with a
-    /// `gettoken` token cache whose refresher starts now.
+    /// `gettoken` token cache whose refresher starts now; all of them recording
+    /// into `metrics`.
     pub fn new(
         settings: &AdapterSettings,
         specs: impl IntoIterator<Item = AppSpec>,
         default_app: String,
+        metrics: &Metrics,
     ) -> Result<Self, reqwest::Error> {
         let http = Transport::client(&settings.http)?;
         let limits = &settings.rate_limits;
@@ -260,8 +273,16 @@ impl Apps {
         let apps = specs
             .into_iter()
             .map(|spec| {
-                let transport =
-                    Transport::new(http.clone(), &spec.api_base, settings.http.max_body_bytes);
+                let name: Arc<str> = Arc::from(spec.name.as_str());
+                let endpoints = Endpoint::ALL.map(Endpoint::path);
+                metrics.add_app(&name, &endpoints);
+                let transport = Transport::new(
+                    http.clone(),
+                    &spec.api_base,
+                    settings.http.max_body_bytes,
+                    Arc::clone(&name),
+                    metrics.clone(),
+                );
                 let local = budgets.for_corp(&spec.corp_id);
                 let mut source: Arc<dyn TokenSource> = Arc::new(GetToken::new(
                     spec.corp_id.clone(),
@@ -288,13 +309,14 @@ impl Apps {
                     None => Arc::new(local),
                 };
                 let tokens = TokenCache::new(
-                    spec.name.as_str(),
+                    Arc::clone(&name),
                     source,
                     settings.tokens.clone(),
                     settings.retry,
+                    metrics,
                 );
                 let client = AppClient {
-                    name: spec.name.clone(),
+                    name,
                     transport,
                     tokens,
                     retry: settings.retry,
@@ -303,6 +325,7 @@ impl Apps {
                     line: tokio::sync::Mutex::new(()),
                     turns: Semaphore::new(settings.max_requests_per_app),
                     max_requests: settings.max_requests_per_app,
+                    metrics: metrics.clone(),
                 };
                 (spec.name, client)
             })
@@ -374,7 +397,7 @@ mod tests {
                 .unwrap(),
         };
         let shown = format!("{:?}", spec());
-        let apps = Apps::new(&settings, [spec()], "shop".to_owned()).unwrap();
+        let apps = Apps::new(&settings, [spec()], "shop".to_owned(), &Metrics::new()).unwrap();
         let shown = format!("{shown} {apps:?}");
         assert!(shown.contains("user:****@proxy.example"), "{shown}");
         for secret in ["CORP-SECRET", "URL-PASSWORD"] {

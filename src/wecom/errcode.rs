@@ -54,3 +54,28 @@ pub(crate) fn is_token_error(errcode: i64) -> bool {
 pub(crate) fn is_credential_error(errcode: i64) -> bool {
     matches!(errcode, INVALID_CREDENTIAL | INVALID_CORPID)
 }
+
+/// Whether the gateway knows `errcode` (a constant above, or a 微信客服 errcode):
+/// the errcodes metrics name one by one; any other is counted as `other`.
+pub(crate) fn is_known(errcode: i64) -> bool {
+    KF_RANGE.contains(&errcode)
+        || matches!(
+            errcode,
+            0 | SYSTEM_BUSY
+                | INVALID_CREDENTIAL
+                | INVALID_USERID
+                | INVALID_CORPID
+                | INVALID_ACCESS_TOKEN
+                | INVALID_PARAMETER
+                | INVALID_EXTERNAL_USERID
+                | MISSING_ACCESS_TOKEN
+                | ACCESS_TOKEN_EXPIRED
+                | RATE_LIMITED
+                | CONCURRENCY_LIMITED
+                | INVALID_JSON
+                | API_NOT_PERMITTED
+                | OUT_OF_VISIBLE_RANGE
+                | UNTRUSTED_IP
+                | APP_NOT_PERMITTED
+        )
+}

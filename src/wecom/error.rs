@@ -28,6 +28,24 @@ impl Endpoint {
             Endpoint::CancelUpgrade => "/cgi-bin/kf/customer/cancel_upgrade_service",
         }
     }
+
+    /// Every endpoint the gateway calls.
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::GetToken,
+        Endpoint::GetUpgradeConfig,
+        Endpoint::UpgradeService,
+        Endpoint::CancelUpgrade,
+    ];
+
+    /// The name of a request's span: its HTTP method and path.
+    pub const fn span_name(self) -> &'static str {
+        match self {
+            Endpoint::GetToken => "GET /cgi-bin/gettoken",
+            Endpoint::GetUpgradeConfig => "GET /cgi-bin/kf/customer/get_upgrade_service_config",
+            Endpoint::UpgradeService => "POST /cgi-bin/kf/customer/upgrade_service",
+            Endpoint::CancelUpgrade => "POST /cgi-bin/kf/customer/cancel_upgrade_service",
+        }
+    }
 }
 
 impl Endpoint {

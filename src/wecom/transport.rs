@@ -1,13 +1,22 @@
-//! One HTTP exchange with WeCom, bounded in time and in body size. It returns the
-//! status and the bytes; what they mean is [`super::api`]'s business.
+//! One HTTP exchange with WeCom, bounded in time and in body size, read by
+//! [`super::api`]; and the one place every request is traced and counted.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use tracing::Instrument;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, field::Empty};
 use url::Url;
 
-use super::{Endpoint, Error};
-use crate::telemetry::redacted;
+use super::{Endpoint, Error, TransportKind, api, errcode};
+use crate::telemetry::{
+    Metrics,
+    metrics::{Errcode, WeComRequest},
+    redacted, traces,
+};
 
 /// How the gateway's HTTP client talks to WeCom.
 #[derive(Debug, Clone)]
@@ -24,18 +33,22 @@ pub struct HttpSettings {
     pub idle_timeout: Duration,
 }
 
-/// An HTTP client bound to one WeCom API base.
+/// An HTTP client bound to one app's WeCom API base.
 #[derive(Clone)]
 pub(crate) struct Transport {
     http: reqwest::Client,
     /// Where WeCom is; its password (a proxy's) is never shown.
     base: Url,
     max_body_bytes: usize,
+    /// The app the requests are made for, as metrics label them.
+    app: Arc<str>,
+    metrics: Metrics,
 }
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport")
+            .field("app", &self.app)
             .field("base", &redacted(&self.base).as_str())
             .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
@@ -48,11 +61,13 @@ pub(crate) struct Call<'a> {
     pub(crate) query: &'a [(&'a str, &'a str)],
     /// JSON body for a POST; `None` for a GET.
     pub(crate) body: Option<&'a [u8]>,
+    /// 1 for the first attempt, then counting retries (of any cause).
+    pub(crate) attempt: u32,
 }
 
 /// What came back. WeCom answers every call with HTTP 200; another status comes
 /// from a proxy or a broken front end, and its page is not read.
-pub(crate) struct Reply {
+pub(super) struct Reply {
     pub(crate) status: u16,
     /// The body of a 200 answer; empty otherwise.
     pub(crate) body: Vec<u8>,
@@ -72,51 +87,101 @@ impl Transport {
             .build()
     }
 
-    pub(crate) fn new(http: reqwest::Client, base: &Url, max_body_bytes: usize) -> Self {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        base: &Url,
+        max_body_bytes: usize,
+        app: Arc<str>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             http,
             base: base.clone(),
             max_body_bytes,
+            app,
+            metrics,
         }
     }
 
-    /// Sends the call; the reply's body is read only for a 200.
-    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, Error> {
-        let endpoint = call.endpoint;
+    /// Sends the call and reads WeCom's answer, in a span of its own (an OpenTelemetry
+    /// client span: method, path without the query, HTTP status, attempt, errcode),
+    /// and counts it.
+    pub(crate) async fn request<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, Error> {
+        let (endpoint, attempt) = (call.endpoint, call.attempt);
+        let method = if call.body.is_some() { "POST" } else { "GET" };
         let span = tracing::debug_span!(
             "wecom.http",
-            http.method = if call.body.is_some() { "POST" } else { "GET" },
+            otel.name = endpoint.span_name(),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = method,
             url.path = endpoint.path(),
-            http.status = tracing::field::Empty,
+            http.response.status_code = Empty,
+            wecom.attempt = attempt,
+            wecom.errcode = Empty,
         );
-        async move {
-            // The endpoint's path follows the base's own path, if any.
-            let base = self.base.as_str().trim_end_matches('/');
-            let url = format!("{base}{}", endpoint.path());
-            let request = match call.body {
-                Some(body) => self
-                    .http
-                    .post(url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.to_vec()),
-                None => self.http.get(url),
-            };
-            let response = request
-                .query(call.query)
-                .send()
-                .await
-                .map_err(|e| Error::transport(endpoint, e))?;
-            let status = response.status().as_u16();
-            tracing::Span::current().record("http.status", status);
-            let body = if status == 200 {
-                self.read_bounded(endpoint, response).await?
-            } else {
-                Vec::new()
-            };
-            Ok(Reply { status, body })
+        let started = Instant::now();
+        let answer = async {
+            let reply = self.send(call).await?;
+            span.record("http.response.status_code", reply.status);
+            api::decode(endpoint, reply)
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        let errcode = match &answer {
+            Ok(_) => Some(0),
+            Err(error) => error.errcode(),
+        };
+        if let Some(errcode) = errcode {
+            span.record("wecom.errcode", errcode);
+        }
+        if answer.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        self.metrics.wecom_request(WeComRequest {
+            endpoint: endpoint.path(),
+            app: &self.app,
+            attempt,
+            outcome: outcome(&answer),
+            errcode: match errcode {
+                None => Errcode::None,
+                Some(code) if errcode::is_known(code) => Errcode::Known(code),
+                Some(_) => Errcode::Other,
+            },
+            elapsed: started.elapsed(),
+            trace: traces::span_trace(&span)
+                .filter(|trace| trace.exported)
+                .map(|trace| trace.id),
+        });
+        answer
+    }
+
+    /// Sends the call; the reply's body is read only for a 200.
+    async fn send(&self, call: Call<'_>) -> Result<Reply, Error> {
+        let endpoint = call.endpoint;
+        // The endpoint's path follows the base's own path, if any.
+        let base = self.base.as_str().trim_end_matches('/');
+        let url = format!("{base}{}", endpoint.path());
+        let request = match call.body {
+            Some(body) => self
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec()),
+            None => self.http.get(url),
+        };
+        let response = request
+            .query(call.query)
+            .send()
+            .await
+            .map_err(|e| Error::transport(endpoint, e))?;
+        let status = response.status().as_u16();
+        let body = if status == 200 {
+            self.read_bounded(endpoint, response).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Reply { status, body })
     }
 
     /// Reads the body, refusing more than `max_body_bytes` without buffering them.
@@ -142,5 +207,28 @@ impl Transport {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+}
+
+/// How a request ended, as the `outcome` label of `wecom_requests_total` says it.
+fn outcome<T>(answer: &Result<T, Error>) -> &'static str {
+    match answer {
+        Ok(_) => "ok",
+        Err(Error::Api { .. }) => "errcode",
+        Err(Error::HttpStatus { status, .. }) => match status {
+            400..=499 => "http_4xx",
+            500..=599 => "http_5xx",
+            _ => "http_other",
+        },
+        Err(Error::Transport { kind, .. }) => match kind {
+            TransportKind::Timeout => "timeout",
+            TransportKind::Connect => "connect_error",
+            TransportKind::Other => "transport_error",
+            TransportKind::OutOfResources => "out_of_resources",
+        },
+        Err(Error::MalformedBody { .. }) => "malformed_body",
+        Err(Error::BodyTooLarge { .. }) => "body_too_large",
+        // The gateway's own limits refuse before any request: never recorded here.
+        Err(Error::RateLimited { .. } | Error::NoTurn { .. }) => "not_sent",
     }
 }

@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -20,11 +21,13 @@ use tokio::{
 };
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 use wecom_kf_upgrade::{
     config::Settings,
     grpc::pb::{self, customer_upgrade_service_client::CustomerUpgradeServiceClient},
     sandbox::{DEMO_CORP_ID, DEMO_SECRET, Fault, Sandbox, SandboxConfig, SandboxHandle},
     startup::Application,
+    telemetry::{self, LogFormat, Traces},
     wecom::Endpoint,
 };
 
@@ -203,6 +206,18 @@ impl TestApp {
             .get_upgrade_config(pb::GetUpgradeConfigRequest {})
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// The access token the sandbox hands out now: while it is valid, the same one
+    /// the gateway holds.
+    pub async fn sandbox_token(&self) -> String {
+        let url = format!(
+            "{}/cgi-bin/gettoken?corpid={DEMO_CORP_ID}&corpsecret={DEMO_SECRET}",
+            self._sandbox.base_url()
+        );
+        let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        answer["access_token"].as_str().unwrap().to_owned()
     }
 
     /// How many requests the sandbox received for `endpoint`.
@@ -435,6 +450,87 @@ pub async fn spawn_app_against(fake: &FakeUpstream) -> (Client, oneshot::Sender<
 /// Logs go to the test output only with `TEST_LOG=1`.
 fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
-        wecom_kf_upgrade::telemetry::init();
+        let _ = telemetry::init(false);
+    }
+}
+
+// === the gateway's log, captured ===
+
+/// Collects what the gateway's subscriber writes.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The events written so far, as JSON objects.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .collect()
+    }
+
+    /// The events written so far on `target`.
+    pub fn events_on(&self, target: &str) -> Vec<serde_json::Value> {
+        let events = self.events().into_iter();
+        events.filter(|event| event["target"] == target).collect()
+    }
+
+    /// The audit events written so far.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.events_on("audit")
+    }
+
+    /// Installs the gateway's JSON subscriber, writing here, for this thread.
+    /// Tests that use it run on a current-thread runtime, so that the server's
+    /// tasks run on this thread and the thread's subscriber sees their events.
+    pub fn install(&self, filter: &str) -> tracing::subscriber::DefaultGuard {
+        self.install_with(filter, None)
+    }
+
+    /// Installs it with spans exported to `traces` as well.
+    pub fn install_with(
+        &self,
+        filter: &str,
+        traces: Option<&Traces>,
+    ) -> tracing::subscriber::DefaultGuard {
+        // While a single dispatcher exists, tracing-core decides whether a callsite
+        // is enabled by asking only the default of the thread that reaches it
+        // first: another test's thread, without a subscriber, would disable the
+        // callsite for this one. A second dispatcher, kept for the whole run,
+        // makes it ask every dispatcher.
+        static SECOND_DISPATCHER: std::sync::LazyLock<tracing::Dispatch> =
+            std::sync::LazyLock::new(|| {
+                tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())
+            });
+        std::sync::LazyLock::force(&SECOND_DISPATCHER);
+        let subscriber = telemetry::subscriber(
+            EnvFilter::new(filter),
+            LogFormat::Json,
+            self.clone(),
+            traces,
+        );
+        tracing::subscriber::set_default(subscriber)
     }
 }

@@ -10,6 +10,7 @@ mod fleet;
 mod helpers;
 mod http;
 mod lifecycle;
+mod observability;
 mod process;
 mod reliability;
 mod tls;

@@ -37,7 +37,7 @@ use tracing::Instrument;
 use self::json::{ConfigJson, CustomerJson, StatusJson, UpgradeJson};
 use super::{
     UpgradeGateway,
-    call::Call,
+    call::{Call, Method as Rpc},
     error::{CallError, Failure},
     pb,
     status::GATEWAY_DOMAIN,
@@ -116,11 +116,7 @@ impl Transcoder {
     /// Takes an HTTP request apart: the call (headers as metadata), and its body,
     /// read within the caller's deadline (tonic answers a passed `grpc-timeout`
     /// itself, as gRPC, so the gateway must answer first).
-    async fn accept(
-        &self,
-        method: &'static str,
-        request: Request,
-    ) -> (Call, Result<Bytes, Failure>) {
+    async fn accept(&self, method: Rpc, request: Request) -> (Call, Result<Bytes, Failure>) {
         let arrival = Instant::now();
         let (parts, body) = request.into_parts();
         let posted = parts.method == Method::POST;
@@ -131,6 +127,7 @@ impl Transcoder {
             &parts.extensions,
             arrival,
             self.gateway.access(),
+            &self.gateway.metrics,
         );
         // An unknown caller is refused before its body is read.
         if let Err(refused) = call.caller() {
@@ -192,14 +189,14 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 }
 
 async fn get_upgrade_config(State(http): State<Transcoder>, request: Request) -> Response {
-    let (call, _) = http.accept("GetUpgradeConfig", request).await;
+    let (call, _) = http.accept(Rpc::GetUpgradeConfig, request).await;
     let work = http.gateway.get_config(&call);
     let result = work.instrument(call.span.clone()).await;
     respond(call.finish(result).map(ConfigJson::from))
 }
 
 async fn upgrade_service(State(http): State<Transcoder>, request: Request) -> Response {
-    let (call, body) = http.accept("UpgradeService", request).await;
+    let (call, body) = http.accept(Rpc::UpgradeService, request).await;
     let work = async {
         let message = decode::<UpgradeJson>(&body?)?.try_into()?;
         http.gateway.upgrade(&call, message).await
@@ -212,7 +209,7 @@ async fn upgrade_service(State(http): State<Transcoder>, request: Request) -> Re
 }
 
 async fn cancel_upgrade(State(http): State<Transcoder>, request: Request) -> Response {
-    let (call, body) = http.accept("CancelUpgrade", request).await;
+    let (call, body) = http.accept(Rpc::CancelUpgrade, request).await;
     let work = async {
         let message = decode::<CustomerJson>(&body?)?.into();
         http.gateway.cancel(&call, message).await

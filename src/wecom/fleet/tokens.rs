@@ -163,13 +163,13 @@ impl SharedTokens {
 
     /// Under the lock: the fleet's token if another replica stored one meanwhile,
     /// else a fetch from the source, stored for the fleet.
-    async fn fetch_locked(&self) -> Result<IssuedToken, Error> {
+    async fn fetch_locked(&self, attempt: u32) -> Result<IssuedToken, Error> {
         if let Ok(Some(held)) = self.read().await
             && !self.due(&held)
         {
             return Ok(held.issued());
         }
-        let issued = self.source.fetch().await?;
+        let issued = self.source.fetch(attempt).await?;
         let margin = self.policy.expiry_margin.min(issued.expires_in / 10);
         let lifetime = issued.expires_in.min(Duration::from_secs(24 * 3600));
         let expiry = millis(lifetime - margin).max(1);
@@ -205,14 +205,14 @@ impl Held {
 
 #[async_trait]
 impl TokenSource for SharedTokens {
-    async fn fetch(&self) -> Result<IssuedToken, Error> {
+    async fn fetch(&self, attempt: u32) -> Result<IssuedToken, Error> {
         let owner = format!("{}:{:016x}", std::process::id(), fastrand::u64(..));
         // Past this the lock is stuck beyond its expiry: fetch alone.
         let give_up = Instant::now() + self.fleet.settings().lock_ttl * 2 + POLL;
         loop {
             let held = match self.read().await {
                 Ok(held) => held,
-                Err(why) => return self.fallback(why).await,
+                Err(why) => return self.fallback(why, attempt).await,
             };
             if let Some(held) = &held
                 && !self.due(held)
@@ -221,7 +221,7 @@ impl TokenSource for SharedTokens {
             }
             match self.try_lock(&owner).await {
                 Ok(true) => {
-                    let fetched = self.fetch_locked().await;
+                    let fetched = self.fetch_locked(attempt).await;
                     self.unlock(&owner).await;
                     return fetched;
                 }
@@ -232,11 +232,11 @@ impl TokenSource for SharedTokens {
                         return Ok(held.issued());
                     }
                 }
-                Err(why) => return self.fallback(why).await,
+                Err(why) => return self.fallback(why, attempt).await,
             }
             if Instant::now() >= give_up {
                 let why = super::Unreachable("the token fetch lock outlived its expiry".to_owned());
-                return self.fallback(why).await;
+                return self.fallback(why, attempt).await;
             }
             tokio::time::sleep(POLL).await;
         }
@@ -262,9 +262,9 @@ impl TokenSource for SharedTokens {
 }
 
 impl SharedTokens {
-    async fn fallback(&self, why: super::Unreachable) -> Result<IssuedToken, Error> {
+    async fn fallback(&self, why: super::Unreachable, attempt: u32) -> Result<IssuedToken, Error> {
         self.fleet.fell_back("token", &why);
-        self.source.fetch().await
+        self.source.fetch(attempt).await
     }
 }
 

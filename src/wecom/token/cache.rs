@@ -16,17 +16,25 @@
 //! replicas coordinates (a source that shares the token through Redis), and where
 //! other kinds of token plug in.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use tokio::{
     sync::{Notify, watch},
     task::AbortHandle,
     time::Instant,
 };
+use tracing::{Instrument, field::Empty};
 
 use super::{AccessToken, IssuedToken, TokenSource};
 use crate::{
-    telemetry::ErrorChain,
+    telemetry::{
+        ErrorChain, Metrics,
+        metrics::{Gone, TokenFetchOutcome},
+    },
     wecom::{Endpoint, Error, Retry, TransportKind, retry::backoff},
 };
 
@@ -59,7 +67,7 @@ pub struct TokenCache {
     refresher: AbortHandle,
 }
 
-/// What callers and the refresher share.
+/// What callers, the refresher and the metrics share.
 struct Shared {
     /// The published state. Callers read it, and mark it when they need a fetch or
     /// drop a refused token; only the refresher publishes fetch outcomes.
@@ -114,6 +122,14 @@ enum Next {
     WakeAndWait,
     /// Wait for the fetch someone else asked for.
     Wait,
+}
+
+impl Shared {
+    fn remaining(&self) -> Option<Duration> {
+        let slot = self.slot.borrow();
+        let cached = slot.current.as_ref()?;
+        Some(cached.expires_at.saturating_duration_since(Instant::now()))
+    }
 }
 
 // === impl Slot ===
@@ -174,17 +190,25 @@ impl Drop for TokenCache {
 impl TokenCache {
     /// A cold cache for `app`, whose refresher task starts now (in the current
     /// Tokio runtime). Transient failures of `source` are retried by `retry`
-    /// inside the fetch, before callers see them.
+    /// inside the fetch, before callers see them. Fetches are counted in
+    /// `metrics`, which also reports the time left on the token at each scrape.
     pub fn new(
         app: impl Into<Arc<str>>,
         source: Arc<dyn TokenSource>,
         policy: TokenPolicy,
         retry: Retry,
+        metrics: &Metrics,
     ) -> Self {
         let app = app.into();
         let shared = Arc::new(Shared {
             slot: watch::Sender::new(Slot::default()),
             wake: Notify::new(),
+        });
+        let watched = Arc::downgrade(&shared);
+        metrics.watch_token_expiry(&app, move || {
+            Weak::upgrade(&watched)
+                .map(|shared| shared.remaining())
+                .ok_or(Gone)
         });
         let refresher = Refresher {
             app: Arc::clone(&app),
@@ -193,6 +217,7 @@ impl TokenCache {
             retry,
             shared: Arc::clone(&shared),
             failures: 0,
+            metrics: metrics.clone(),
         };
         let refresher = tokio::spawn(refresher.run()).abort_handle();
         Self {
@@ -238,9 +263,7 @@ impl TokenCache {
 
     /// Time left before the published token is dropped, if there is one.
     pub fn remaining(&self) -> Option<Duration> {
-        let slot = self.shared.slot.borrow();
-        let cached = slot.current.as_ref()?;
-        Some(cached.expires_at.saturating_duration_since(Instant::now()))
+        self.shared.remaining()
     }
 
     async fn token_other_than(&self, refused: Option<&AccessToken>) -> Result<AccessToken, Error> {
@@ -311,6 +334,7 @@ struct Refresher {
     shared: Arc<Shared>,
     /// Fetches failed in a row, for the backoff.
     failures: u32,
+    metrics: Metrics,
 }
 
 impl Refresher {
@@ -322,11 +346,35 @@ impl Refresher {
                 refused = slot.refused.take();
                 false
             });
-            let fetch = tokio::spawn(fetch(Arc::clone(&self.source), self.retry, refused));
+            // The fetch's own trace: it serves every caller waiting, not one.
+            let span = tracing::debug_span!(
+                "wecom.token_fetch",
+                wecom.app = &*self.app,
+                wecom.token.outcome = Empty,
+                wecom.errcode = Empty,
+                otel.status_code = Empty,
+            );
+            let fetch =
+                fetch(Arc::clone(&self.source), self.retry, refused).instrument(span.clone());
             // A panicking source fails this fetch, not the refresher.
-            let result = fetch
+            let result = tokio::spawn(fetch)
                 .await
                 .unwrap_or_else(|_| Err(unfinished("the token source panicked")));
+            let outcome = match &result {
+                Ok(_) => TokenFetchOutcome::Ok,
+                Err(error) if error.is_credential_rejection() => {
+                    TokenFetchOutcome::CredentialsRejected
+                }
+                Err(_) => TokenFetchOutcome::Error,
+            };
+            span.record("wecom.token.outcome", outcome.as_str());
+            if let Err(error) = &result {
+                span.record("otel.status_code", "error");
+                if let Some(errcode) = error.errcode() {
+                    span.record("wecom.errcode", errcode);
+                }
+            }
+            self.metrics.token_fetched(&self.app, outcome);
             self.publish(result);
         }
     }
@@ -417,7 +465,7 @@ async fn fetch(
     }
     let mut retries = 0;
     loop {
-        match source.fetch().await {
+        match source.fetch(retries + 1).await {
             Err(error) => {
                 retries += 1;
                 if !retry.pause_before(retries, &error).await {
@@ -478,7 +526,7 @@ mod tests {
 
     #[async_trait]
     impl TokenSource for Scripted {
-        async fn fetch(&self) -> Result<IssuedToken, Error> {
+        async fn fetch(&self, _attempt: u32) -> Result<IssuedToken, Error> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(self.delay).await;
             if let Some((error, times)) = self.failures.lock().unwrap().as_mut()
@@ -500,7 +548,13 @@ mod tests {
     };
 
     fn cache(source: Arc<Scripted>) -> Arc<TokenCache> {
-        Arc::new(TokenCache::new("test", source, policy(), RETRY))
+        Arc::new(TokenCache::new(
+            "test",
+            source,
+            policy(),
+            RETRY,
+            &Metrics::new(),
+        ))
     }
 
     /// `n` callers at once; their results in order.
@@ -687,7 +741,13 @@ mod tests {
             credential_cooldown: Duration::ZERO,
             ..policy()
         };
-        let cache = Arc::new(TokenCache::new("test", source.clone(), settings, RETRY));
+        let cache = Arc::new(TokenCache::new(
+            "test",
+            source.clone(),
+            settings,
+            RETRY,
+            &Metrics::new(),
+        ));
         for result in concurrent_gets(&cache, 20).await {
             assert!(result.is_err());
         }
@@ -704,7 +764,7 @@ mod tests {
 
     #[async_trait]
     impl TokenSource for WeComLike {
-        async fn fetch(&self) -> Result<IssuedToken, Error> {
+        async fn fetch(&self, _attempt: u32) -> Result<IssuedToken, Error> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             let mut issued = self.issued.lock().unwrap();
             let lifetime = Duration::from_secs(7200);
@@ -722,7 +782,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_token_wecom_hands_out_again_is_used_to_its_end_not_refetched() {
         let source = Arc::new(WeComLike::default());
-        let cache = Arc::new(TokenCache::new("test", source.clone(), policy(), RETRY));
+        let cache = Arc::new(TokenCache::new(
+            "test",
+            source.clone(),
+            policy(),
+            RETRY,
+            &Metrics::new(),
+        ));
         // A call every 10 s for a little more than one lifetime.
         for _ in 0..740 {
             cache.get().await.unwrap();
@@ -740,7 +806,13 @@ mod tests {
         // was refused with it (a 40014 from a proxy, say): one fetch, then the call
         // retries with what it got.
         let source = Arc::new(WeComLike::default());
-        let cache = Arc::new(TokenCache::new("test", source.clone(), policy(), RETRY));
+        let cache = Arc::new(TokenCache::new(
+            "test",
+            source.clone(),
+            policy(),
+            RETRY,
+            &Metrics::new(),
+        ));
         let first = cache.get().await.unwrap();
         let again = cache.replace(&first).await.unwrap();
         assert_eq!(again, first);
@@ -767,7 +839,7 @@ mod tests {
 
     #[async_trait]
     impl TokenSource for Same {
-        async fn fetch(&self) -> Result<IssuedToken, Error> {
+        async fn fetch(&self, _attempt: u32) -> Result<IssuedToken, Error> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert!(!self.panic_on.contains(&n), "scripted panic");
@@ -781,7 +853,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fetch_already_under_way_cannot_hand_back_the_refused_token() {
         let source = Arc::new(Same::default());
-        let cache = Arc::new(TokenCache::new("test", source.clone(), policy(), RETRY));
+        let cache = Arc::new(TokenCache::new(
+            "test",
+            source.clone(),
+            policy(),
+            RETRY,
+            &Metrics::new(),
+        ));
         let refused = cache.get().await.unwrap();
         tokio::time::advance(Duration::from_secs(3600 - 30 - 299)).await;
         cache.get().await.unwrap(); // starts a background refresh
@@ -798,7 +876,13 @@ mod tests {
             panic_on: vec![1],
             ..Same::default()
         });
-        let cache = Arc::new(TokenCache::new("test", source.clone(), policy(), RETRY));
+        let cache = Arc::new(TokenCache::new(
+            "test",
+            source.clone(),
+            policy(),
+            RETRY,
+            &Metrics::new(),
+        ));
         let error = cache.get().await.unwrap_err();
         assert!(matches!(error, Error::Transport { .. }), "{error:?}");
         tokio::time::advance(Duration::from_millis(600)).await; // past the first hold
@@ -808,7 +892,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_the_cache_stops_its_refresher() {
         let source = Arc::new(Same::default());
-        let cache = TokenCache::new("test", source.clone(), policy(), RETRY);
+        let cache = TokenCache::new("test", source.clone(), policy(), RETRY, &Metrics::new());
         cache.get().await.unwrap();
         assert_eq!(
             Arc::strong_count(&source),

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::wecom::{
     Endpoint, Error,
-    api::{self, TokenAnswer},
+    api::TokenAnswer,
     transport::{Call, Transport},
 };
 
@@ -50,8 +50,9 @@ pub struct IssuedToken {
 /// (`UPSTREAM_CONNECTION_FAILED`) and is held off like any transient failure.
 #[async_trait]
 pub trait TokenSource: Send + Sync + fmt::Debug {
-    /// Fetches a new token.
-    async fn fetch(&self) -> Result<IssuedToken, Error>;
+    /// Fetches a new token. `attempt` is 1 for a fetch's first try, then counts
+    /// its retries, for the source's spans and logs.
+    async fn fetch(&self, attempt: u32) -> Result<IssuedToken, Error>;
 
     /// WeCom refused `token` (40014, 42001, 40001): a source that hands out tokens
     /// it keeps elsewhere (a fleet's shared copy) drops it there, if it still holds
@@ -87,19 +88,19 @@ impl fmt::Debug for GetToken {
 
 #[async_trait]
 impl TokenSource for GetToken {
-    async fn fetch(&self) -> Result<IssuedToken, Error> {
-        let reply = self
+    async fn fetch(&self, attempt: u32) -> Result<IssuedToken, Error> {
+        let answer: TokenAnswer = self
             .transport
-            .send(Call {
+            .request(Call {
                 endpoint: Endpoint::GetToken,
                 query: &[
                     ("corpid", &self.corp_id),
                     ("corpsecret", self.secret.expose_secret()),
                 ],
                 body: None,
+                attempt,
             })
             .await?;
-        let answer: TokenAnswer = api::decode(Endpoint::GetToken, reply)?;
         if answer.access_token.is_empty() || answer.expires_in == 0 {
             return Err(Error::MalformedBody {
                 endpoint: Endpoint::GetToken,
