@@ -63,6 +63,8 @@ struct Inner {
     token_expiry: Arc<TokenExpiry>,
     calls_shed: Counter,
     calls_rate_limited: Family<RateLimitLabels, Counter>,
+    redis_errors: Family<OperationLabel, Counter>,
+    redis_fallbacks: Family<KindLabel, Counter>,
 }
 
 // === label sets ===
@@ -111,6 +113,16 @@ struct TokenFetchLabels {
 struct RateLimitLabels {
     api: &'static str,
     app: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -234,6 +246,8 @@ impl Metrics {
             token_expiry: Arc::default(),
             calls_shed: Counter::default(),
             calls_rate_limited: Family::default(),
+            redis_errors: Family::default(),
+            redis_fallbacks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -284,6 +298,17 @@ impl Metrics {
             "calls_rate_limited",
             "RPCs refused by the gateway's own rate limit, by WeCom API and app",
             inner.calls_rate_limited.clone(),
+        );
+        registry.register(
+            "redis_errors",
+            "Redis operations of a fleet's replica that failed or timed out, by operation",
+            inner.redis_errors.clone(),
+        );
+        registry.register(
+            "redis_fallbacks",
+            "Token reads and rate-limit checks done without Redis, by kind (token, rate \
+             budget): this replica on its own while Redis is down or slow",
+            inner.redis_fallbacks.clone(),
         );
         registry.register(
             "build",
@@ -421,6 +446,18 @@ impl Metrics {
                 app: Arc::from(app),
             })
             .inc();
+    }
+
+    /// Counts a Redis operation of the fleet that failed or timed out.
+    pub(crate) fn redis_failed(&self, operation: &'static str) {
+        let labels = OperationLabel { operation };
+        self.inner.redis_errors.get_or_create(&labels).inc();
+    }
+
+    /// Counts a token read or a rate-limit check done without Redis.
+    pub(crate) fn redis_fell_back(&self, kind: &'static str) {
+        let labels = KindLabel { kind };
+        self.inner.redis_fallbacks.get_or_create(&labels).inc();
     }
 
     /// Every metric, in OpenMetrics text (with exemplars) or in the Prometheus

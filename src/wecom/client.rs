@@ -261,7 +261,10 @@ impl Apps {
     ) -> Result<Self, reqwest::Error> {
         let http = Transport::client(&settings.http)?;
         let limits = &settings.rate_limits;
-        let fleet = settings.fleet.clone().map(Fleet::start);
+        let fleet = settings
+            .fleet
+            .clone()
+            .map(|fleet| Fleet::start(fleet, metrics));
         // With a fleet, the in-process windows are the fallback: this replica's share.
         let mut budgets = LocalBudgets::new(match &settings.fleet {
             Some(fleet) => RateLimits {

@@ -270,6 +270,15 @@ async fn calls_keep_working_while_redis_is_down_and_sharing_resumes_when_it_is_b
     }
     for gateway in &fleet.gateways {
         wait_for_line(gateway, "redis unreachable");
+        let metrics = gateway.metrics().await;
+        let fallbacks = metrics.lines().find(|l| {
+            l.starts_with("wecom_kf_upgrade_redis_fallbacks_total{kind=\"rate budget\"}")
+        });
+        let count = fallbacks.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert!(
+            count.is_some_and(|n| n > 0.0),
+            "the fallback is counted: {fallbacks:?}"
+        );
     }
     // Tokens refused meanwhile are fetched by each replica on its own.
     fleet.sandbox.expire_tokens();

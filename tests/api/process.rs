@@ -17,6 +17,7 @@ pub struct Gateway {
     pub child: Child,
     log: Arc<Mutex<Vec<String>>>,
     pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     _config: TempConfig,
 }
 
@@ -62,19 +63,23 @@ impl Gateway {
         let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = field(&line, "grpc_addr") {
-                    let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
+                if let (Some(grpc), Some(admin)) =
+                    (field(&line, "grpc_addr"), field(&line, "admin_addr"))
+                {
+                    let addrs = (grpc.parse::<SocketAddr>(), admin.parse::<SocketAddr>());
+                    let _ = addr_tx.send((addrs.0.unwrap(), addrs.1.unwrap()));
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let grpc_addr = addr_rx
+        let (grpc_addr, admin_addr) = addr_rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the gateway logs its address");
         Self {
             child,
             log,
             grpc_addr,
+            admin_addr,
             _config: TempConfig(path),
         }
     }
@@ -83,6 +88,19 @@ impl Gateway {
         Client::connect(format!("http://{}", self.grpc_addr))
             .await
             .unwrap()
+    }
+
+    /// The admin port's `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.admin_addr)
+            .await
+            .unwrap();
+        let request = "GET /metrics HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
     }
 
     pub fn lines_with(&self, text: &str) -> Vec<String> {

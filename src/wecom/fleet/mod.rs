@@ -36,6 +36,8 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
+use crate::telemetry::Metrics;
+
 pub(crate) use budget::SharedBudget;
 pub(crate) use tokens::SharedTokens;
 
@@ -106,11 +108,14 @@ impl fmt::Debug for Fleet {
 impl Fleet {
     /// A link whose connection is made in the background (in the current Tokio
     /// runtime): until it is, every operation falls back.
-    pub(crate) fn start(settings: FleetSettings) -> Arc<Self> {
+    pub(crate) fn start(settings: FleetSettings, metrics: &Metrics) -> Arc<Self> {
         let fleet = Arc::new(Self {
             settings,
             connection: ArcSwapOption::empty(),
-            health: Health::default(),
+            health: Health {
+                metrics: metrics.clone(),
+                ..Health::default()
+            },
         });
         tokio::spawn(connect(Arc::downgrade(&fleet)));
         fleet
@@ -231,18 +236,21 @@ struct Health {
     /// Operations done without Redis since the last log line.
     fallbacks: AtomicU64,
     last_logged: Mutex<Option<Instant>>,
+    metrics: Metrics,
 }
 
 impl Health {
     fn failed(&self, what: &'static str, error: &Unreachable) -> Unreachable {
         self.down.store(true, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.redis_failed(what);
         self.log(what, error);
         error.clone()
     }
 
     fn fell_back(&self, what: &'static str, why: &Unreachable) {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.metrics.redis_fell_back(what);
         self.log(what, why);
     }
 
