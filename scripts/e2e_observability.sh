@@ -24,46 +24,56 @@ obs_cleanup() {
 }
 CLEANUP_HOOKS+=(obs_cleanup)
 
-read -r OBS_GRPC OBS_ADMIN OBS_SANDBOX OBS_PROM < <(timeout 10 python3 -c '
+# Prometheus needs a port picked for it; the sandbox and the gateway listen on port
+# 0 and say where in their first log line (a port picked and released could be
+# taken by someone else's connection before they bind it).
+read -r OBS_PROM < <(timeout 10 python3 -c '
 import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
 ')
-OBS_METRICS_URL="http://127.0.0.1:$OBS_ADMIN/metrics"
 OBS_LOG="$TMP/obs-gateway.log"
+obs_listening() { # LOG FIELD: the address FIELD names in LOG, once it is there
+    for _ in $(seq 100); do
+        sed -n "s/.*\"$2\":\"\([0-9.]*:[0-9]*\)\".*/\1/p" "$1" | head -n 1 | grep . && return
+        sleep 0.1
+    done
+    echo "no-$2-in-log"
+}
 
-"$BIN" sandbox --listen "127.0.0.1:$OBS_SANDBOX" </dev/null >"$TMP/obs-sandbox.log" 2>&1 &
+LOG_FORMAT=json "$BIN" sandbox --listen 127.0.0.1:0 </dev/null >"$TMP/obs-sandbox.log" 2>&1 &
 OBS_PIDS+=($!)
-for _ in $(seq 50); do
-    http_status "http://127.0.0.1:$OBS_SANDBOX/sandbox/state" | grep -q 200 && break
-    sleep 0.1
-done
+OBS_SANDBOX="$(obs_listening "$TMP/obs-sandbox.log" addr)"
 # The default configuration: no RUST_LOG, JSON logs (stderr is a file).
 env -u RUST_LOG -u LOG_FORMAT WECOM_CORP_ID=wwsandbox0000000001 WECOM_CORP_SECRET=sandbox-secret \
-    WECOM_API_BASE="http://127.0.0.1:$OBS_SANDBOX" \
-    "$BIN" serve --listen "127.0.0.1:$OBS_GRPC" --admin-listen "127.0.0.1:$OBS_ADMIN" \
+    WECOM_API_BASE="http://$OBS_SANDBOX" \
+    "$BIN" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     </dev/null >/dev/null 2>"$OBS_LOG" &
 OBS_PIDS+=($!)
+OBS_GRPC="$(obs_listening "$OBS_LOG" grpc_addr)"
+OBS_ADMIN="$(obs_listening "$OBS_LOG" admin_addr)"
+OBS_METRICS_URL="http://$OBS_ADMIN/metrics"
 for _ in $(seq 60); do
-    timeout 5 "$BIN" health --addr "127.0.0.1:$OBS_GRPC" --timeout-ms 1000 >/dev/null 2>&1 && break
+    timeout 5 "$BIN" health --addr "$OBS_GRPC" --timeout-ms 1000 >/dev/null 2>&1 && break
     sleep 0.5
 done
 
 # The calls: UpgradeService 3 OK, 1 refused by WeCom (95021), 1 invalid; GetUpgradeConfig 2 OK.
 obs_upgrade() {
-    timeout 20 grpcurl -plaintext -max-time 10 -d "$1" "127.0.0.1:$OBS_GRPC" "$SERVICE/UpgradeService" >/dev/null 2>&1
+    timeout 20 grpcurl -plaintext -max-time 10 -d "$1" "$OBS_GRPC" "$SERVICE/UpgradeService" >/dev/null 2>&1
 }
+# A call that fails here is reported by the counts below, with the gateway's log.
 for i in 1 2 3; do
-    obs_upgrade "{\"open_kfid\":\"kfobs\",\"external_userid\":\"wmobs$i\",\"member\":{\"userid\":\"zhangsan\"}}"
+    obs_upgrade "{\"open_kfid\":\"kfobs\",\"external_userid\":\"wmobs$i\",\"member\":{\"userid\":\"zhangsan\"}}" ||
+        echo "# UpgradeService $i failed; the gateway's log: $(tail -n 5 "$OBS_LOG")"
 done
 obs_upgrade '{"open_kfid":"kfobs","external_userid":"wmobs4","member":{"userid":"wangwu"}}' || true
 obs_upgrade '{}' || true
 for _ in 1 2; do
-    timeout 20 grpcurl -plaintext -max-time 10 -d '{}' "127.0.0.1:$OBS_GRPC" "$SERVICE/GetUpgradeConfig" >/dev/null 2>&1
+    timeout 20 grpcurl -plaintext -max-time 10 -d '{}' "$OBS_GRPC" "$SERVICE/GetUpgradeConfig" >/dev/null 2>&1 ||
+        echo "# GetUpgradeConfig failed; the gateway's log: $(tail -n 5 "$OBS_LOG")"
 done
 
 http_get "$OBS_METRICS_URL" | sed '$d' >"$TMP/metrics.txt"
@@ -122,7 +132,7 @@ rule_files:
 scrape_configs:
   - job_name: wecom-kf-upgrade
     static_configs:
-      - targets: ["127.0.0.1:$OBS_ADMIN"]
+      - targets: ["$OBS_ADMIN"]
 EOF
 prometheus --config.file="$TMP/prometheus/prometheus.yml" --storage.tsdb.path="$TMP/prometheus/data" \
     --web.listen-address="127.0.0.1:$OBS_PROM" </dev/null >"$TMP/prometheus/log" 2>&1 &

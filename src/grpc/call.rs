@@ -343,7 +343,11 @@ impl Call {
         let budget = caller.map_or(limit, |c| c.min(limit));
         if budget.is_zero() {
             // No time left: starting the call would only send WeCom work nobody awaits.
-            return Err(CallError::DeadlineExceeded { waited: budget }.into());
+            return Err(CallError::DeadlineExceeded {
+                waited: budget,
+                sent: false,
+            }
+            .into());
         }
         // The work's own waits (a rate-limit slot, a turn to reach WeCom) end a
         // little earlier, so that they report what they waited for, with nothing
@@ -352,14 +356,29 @@ impl Call {
         let work = work(deadline.checked_sub(WAIT_MARGIN).unwrap_or(deadline));
         let work = tokio::time::timeout_at(deadline.into(), work);
         let result = tokio::select! {
+            // An answer that is in wins over a cutoff raised in the same instant.
+            biased;
             result = work => result,
             () = cutoff.clone().reached() => return Err(CallError::ShuttingDown.into()),
         };
+        let callers_deadline = caller.is_some_and(|c| c <= limit);
         match result {
-            Ok(result) => Ok(result?),
-            Err(_) if caller.is_some_and(|c| c <= limit) => {
-                Err(CallError::DeadlineExceeded { waited: budget }.into())
+            // Still waiting for a token when the caller's deadline came: its deadline,
+            // though nothing was sent.
+            Ok(Err(wecom::Failed {
+                error: wecom::Error::NoToken { .. },
+                may_have_taken_effect: false,
+            })) if callers_deadline => Err(CallError::DeadlineExceeded {
+                waited: budget,
+                sent: false,
             }
+            .into()),
+            Ok(result) => Ok(result?),
+            Err(_) if callers_deadline => Err(CallError::DeadlineExceeded {
+                waited: budget,
+                sent: true,
+            }
+            .into()),
             Err(_) => Err(CallError::CallTimeout { timeout: limit }.into()),
         }
     }

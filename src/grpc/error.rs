@@ -61,6 +61,8 @@ pub(crate) enum CallError {
     DeadlineExceeded {
         /// How long the gateway waited for WeCom.
         waited: Duration,
+        /// A request may have been on its way to WeCom; if not, nothing happened.
+        sent: bool,
     },
     /// WeCom took longer than `upstream.call_timeout_ms`, retries included.
     #[error("WeCom did not answer within the gateway's call timeout of {} ms", .timeout.as_millis())]
@@ -106,7 +108,7 @@ impl CallError {
     pub(crate) fn may_have_taken_effect(&self) -> bool {
         match self {
             // With no time left at all, nothing was sent.
-            CallError::DeadlineExceeded { waited } => !waited.is_zero(),
+            CallError::DeadlineExceeded { sent, .. } => *sent,
             CallError::CallTimeout { .. } | CallError::ShuttingDown => true,
             CallError::WeCom(failed) => failed.may_have_taken_effect,
             _ => false,

@@ -104,17 +104,20 @@ impl UpgradeGateway {
             let names = self.apps.names().filter(|app| caller.may_use(app));
             names.map(str::to_owned).collect()
         };
+        // Permission first: a caller limited to some apps gets the same answer for
+        // another tenant's app and for a name nobody configured, so it cannot probe
+        // which apps exist. Only a caller of every app can be told one does not.
+        if !caller.may_use(name) {
+            return Err(CallError::AppNotAllowed {
+                caller: caller.name().to_owned(),
+                app: bounded(name).to_owned(),
+                allowed: allowed(),
+            });
+        }
         let app = self.apps.get(name).ok_or_else(|| CallError::UnknownApp {
             requested: bounded(name).to_owned(),
             configured: allowed(),
         })?;
-        if !caller.may_use(name) {
-            return Err(CallError::AppNotAllowed {
-                caller: caller.name().to_owned(),
-                app: name.to_owned(),
-                allowed: allowed(),
-            });
-        }
         call.serve_with(app.name());
         Ok(app)
     }

@@ -158,15 +158,19 @@ pub(crate) fn refuse(error: CallError) -> Failure {
             let fields = violations.iter().map(|v| v.field.as_str());
             refusal.with("fields", fields.collect::<Vec<_>>().join(","))
         }
-        CallError::DeadlineExceeded { waited } => Refusal::gateway(
+        CallError::DeadlineExceeded { waited, sent } => Refusal::gateway(
             Code::DeadlineExceeded,
             "DEADLINE_EXCEEDED",
             Fault::Caller,
             format!(
-                "the call's deadline passed before WeCom answered (after {} ms of waiting for \
-                 WeCom); the operation may or may not have taken effect: retry with a longer \
-                 deadline",
-                waited.as_millis()
+                "the call's deadline passed before WeCom answered (after {} ms of waiting); {}: \
+                 retry with a longer deadline",
+                waited.as_millis(),
+                if *sent {
+                    "the operation may or may not have taken effect"
+                } else {
+                    "nothing was sent to WeCom"
+                }
             ),
         ),
         CallError::CallTimeout { timeout } => Refusal::gateway(
@@ -317,6 +321,19 @@ pub(crate) fn refuse(error: CallError) -> Failure {
         )
         .with("endpoint", endpoint)
         .with("limit_bytes", limit),
+        CallError::WeCom(Failed {
+            error: Error::NoToken { endpoint },
+            ..
+        }) => Refusal::gateway(
+            Code::Unavailable,
+            "ACCESS_TOKEN_UNAVAILABLE",
+            Fault::WeCom,
+            format!(
+                "no access token could be had from WeCom before this call's deadline, so \
+                 nothing was sent to {endpoint}: retry with backoff"
+            ),
+        )
+        .with("endpoint", endpoint),
         CallError::WeCom(Failed {
             error: Error::NoTurn { endpoint, limit },
             ..

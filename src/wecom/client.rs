@@ -136,7 +136,12 @@ impl AppClient {
         body: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<T, Failed> {
-        let mut token = self.tokens.get().await?;
+        let no_token = || Error::NoToken { endpoint };
+        // Waiting for a token sends nothing: one not had by the deadline says so,
+        // rather than leaving the call to time out as if a request were in flight.
+        let mut token = tokio::time::timeout_at(deadline.into(), self.tokens.get())
+            .await
+            .map_err(|_| no_token())??;
         let mut refreshed = false;
         let mut retries = 0;
         let mut may_have_taken_effect = false;
@@ -157,7 +162,11 @@ impl AppClient {
             };
             if error.is_stale_token() && !refreshed {
                 refreshed = true;
-                token = self.tokens.replace(&token).await.map_err(failed)?;
+                let fresh = tokio::time::timeout_at(deadline.into(), self.tokens.replace(&token));
+                token = fresh
+                    .await
+                    .map_err(|_| failed(no_token()))?
+                    .map_err(failed)?;
                 tracing::debug!(app = %self.name, %endpoint, errcode = error.errcode(), "retrying with a fresh token");
                 continue;
             }
@@ -207,10 +216,20 @@ impl AppClient {
     /// Spends a slot of the rate limits, waiting for one for at most
     /// `max_rate_wait` and never past `deadline`.
     async fn wait_for_slot(&self, endpoint: Endpoint, deadline: Instant) -> Result<(), Error> {
-        let Err(full) = self.budget.try_spend(endpoint).await else {
+        let give_up = deadline.min(Instant::now() + self.max_rate_wait);
+        // A shared budget asks Redis, which may be slow: no check outlasts the wait.
+        let spend = || async {
+            match tokio::time::timeout_at(give_up.into(), self.budget.try_spend(endpoint)).await {
+                Ok(spent) => spent,
+                Err(_) => Err(NoSlot {
+                    window: "rate check",
+                    retry_after: self.max_rate_wait,
+                }),
+            }
+        };
+        let Err(full) = spend().await else {
             return Ok(());
         };
-        let give_up = deadline.min(Instant::now() + self.max_rate_wait);
         let refused = |full: NoSlot, retry_after| {
             self.metrics.call_rate_limited(endpoint.path(), &self.name);
             Error::RateLimited {
@@ -230,7 +249,7 @@ impl AppClient {
             return Err(refused(full, full.retry_after.max(self.max_rate_wait)));
         };
         loop {
-            let Err(full) = self.budget.try_spend(endpoint).await else {
+            let Err(full) = spend().await else {
                 return Ok(());
             };
             let wait = full.retry_after.max(Duration::from_millis(1));

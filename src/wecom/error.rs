@@ -144,6 +144,13 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// No access token was had before the call's deadline (a slow `gettoken`, or
+    /// another replica's fetch); nothing was sent.
+    #[error("no access token for WeCom {endpoint} before the call's deadline")]
+    NoToken {
+        /// Which call was waiting.
+        endpoint: Endpoint,
+    },
     /// The gateway's own rate limit (WeCom's frequency limits) has no slot before
     /// the call's deadline or its longest wait; nothing was sent.
     #[error("the gateway's {window} limit for WeCom {endpoint} is reached")]
@@ -219,7 +226,10 @@ impl Error {
             }
             Error::HttpStatus { status, .. } => *status >= 500 || *status == 408,
             Error::MalformedBody { .. } | Error::BodyTooLarge { .. } => true,
-            Error::Api { .. } | Error::RateLimited { .. } | Error::NoTurn { .. } => false,
+            Error::Api { .. }
+            | Error::RateLimited { .. }
+            | Error::NoTurn { .. }
+            | Error::NoToken { .. } => false,
         }
     }
 
@@ -253,7 +263,7 @@ impl Error {
             Error::HttpStatus { status, .. } => *status >= 500 || *status == 408,
             Error::Transport { kind, .. } => *kind != TransportKind::OutOfResources,
             Error::MalformedBody { .. } | Error::BodyTooLarge { .. } => false,
-            Error::RateLimited { .. } | Error::NoTurn { .. } => false,
+            Error::RateLimited { .. } | Error::NoTurn { .. } | Error::NoToken { .. } => false,
         }
     }
 }

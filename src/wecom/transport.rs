@@ -229,6 +229,6 @@ fn outcome<T>(answer: &Result<T, Error>) -> &'static str {
         Err(Error::MalformedBody { .. }) => "malformed_body",
         Err(Error::BodyTooLarge { .. }) => "body_too_large",
         // The gateway's own limits refuse before any request: never recorded here.
-        Err(Error::RateLimited { .. } | Error::NoTurn { .. }) => "not_sent",
+        Err(Error::RateLimited { .. } | Error::NoTurn { .. } | Error::NoToken { .. }) => "not_sent",
     }
 }

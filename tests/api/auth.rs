@@ -205,8 +205,10 @@ async fn refusals_name_only_the_apps_the_caller_may_use() {
     )
     .await
     .unwrap_err();
-    let info = assert_status(&unknown, Code::InvalidArgument, "UNKNOWN_APP");
-    assert_eq!(info["configured_apps"], "default");
+    // A name nobody configured and another tenant's app get the same answer: a
+    // caller cannot probe which apps exist.
+    let info = assert_status(&unknown, Code::PermissionDenied, "APP_NOT_ALLOWED");
+    assert_eq!(info["allowed_apps"], "default");
     assert!(!unknown.message().contains("crm"), "{unknown:?}");
 
     let denied = call(&mut guarded.app.client, "UpgradeService", shop, Some("crm"))

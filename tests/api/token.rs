@@ -243,6 +243,13 @@ async fn callers_whose_deadlines_pass_during_gettoken_cause_no_extra_gettoken() 
             matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
             "{status:?}"
         );
+        // Waiting for a token sends nothing: the gateway says so.
+        if let Some(info) = tonic_types::StatusExt::get_details_error_info(&status) {
+            assert!(
+                !info.metadata.contains_key("may_have_taken_effect"),
+                "{info:?}"
+            );
+        }
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let later = concurrent_config_calls(&app, 10).await;

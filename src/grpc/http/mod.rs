@@ -152,7 +152,11 @@ impl Transcoder {
                 Err(_) => {
                     return (
                         call,
-                        Err(CallError::DeadlineExceeded { waited: budget }.into()),
+                        Err(CallError::DeadlineExceeded {
+                            waited: budget,
+                            sent: false,
+                        }
+                        .into()),
                     );
                 }
             },
