@@ -220,6 +220,7 @@ impl Application {
             .merge(grpc::http_routes(
                 gateway,
                 server_settings.max_decode_message_bytes,
+                server_settings.request_read_timeout,
             ))
             .fallback(grpc::unknown_route);
         let listener = ListenerSettings {

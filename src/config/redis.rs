@@ -369,6 +369,13 @@ mod tests {
             "redis.command_timeout_ms"
         );
         assert_eq!(key(&with("lock_ttl_ms = 10")), "redis.lock_ttl_ms");
+        // The lock must outlast a gettoken request (5 s by default).
+        let short_lock = load(&with("lock_ttl_ms = 5000"), &[]).unwrap_err();
+        assert_eq!(short_lock.key, "redis.lock_ttl_ms");
+        assert!(
+            short_lock.problem.contains("request_timeout_ms"),
+            "{short_lock}"
+        );
         assert_eq!(key(&with("colour = 1")), "--config");
     }
 }

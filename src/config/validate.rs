@@ -266,5 +266,19 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
             ));
         }
     }
+    // A lock that expires while its owner still waits for gettoken lets the other
+    // replicas fetch too: it must outlast one request.
+    if let Some(redis) = &s.redis
+        && redis.lock_ttl <= u.request_timeout
+    {
+        return Err(ConfigError::new(
+            "redis.lock_ttl_ms",
+            format!(
+                "is {}; it must be longer than upstream.request_timeout_ms ({})",
+                ms(redis.lock_ttl),
+                ms(u.request_timeout)
+            ),
+        ));
+    }
     Ok(())
 }

@@ -56,6 +56,13 @@ pub(crate) enum CallError {
     /// Fields of the request are missing or malformed; nothing was sent to WeCom.
     #[error("invalid request: {}", summary(.0))]
     InvalidRequest(Vec<FieldViolation>),
+    /// The request's body did not arrive within `server.request_read_timeout_ms`
+    /// (HTTP/JSON); nothing was sent to WeCom.
+    #[error("the request body did not arrive within {} ms", .timeout.as_millis())]
+    RequestReadTimeout {
+        /// The configured timeout.
+        timeout: Duration,
+    },
     /// The caller's deadline (less the gateway's headroom) passed first.
     #[error("the caller's deadline passed after {} ms of waiting for WeCom", .waited.as_millis())]
     DeadlineExceeded {

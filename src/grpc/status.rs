@@ -173,6 +173,17 @@ pub(crate) fn refuse(error: CallError) -> Failure {
                 }
             ),
         ),
+        CallError::RequestReadTimeout { timeout } => Refusal::gateway(
+            Code::DeadlineExceeded,
+            "REQUEST_READ_TIMEOUT",
+            Fault::Caller,
+            format!(
+                "the request body did not arrive within {} ms \
+                 (server.request_read_timeout_ms); nothing was sent to WeCom: send the whole \
+                 body at once",
+                timeout.as_millis()
+            ),
+        ),
         CallError::CallTimeout { timeout } => Refusal::gateway(
             Code::Unavailable,
             "UPSTREAM_TIMEOUT",

@@ -381,3 +381,34 @@ async fn a_body_slower_than_the_callers_deadline_is_deadline_exceeded_as_json() 
     assert_eq!(http_summary(&body).1, "DEADLINE_EXCEEDED", "{body}");
     assert!(app.sandbox.requests().is_empty());
 }
+
+// Without a deadline of the caller's, the gateway bounds the body's arrival itself
+// and answers as HTTP, not with tonic's gRPC-shaped timeout.
+#[tokio::test]
+async fn a_body_that_never_arrives_whole_is_refused_as_json_after_the_read_timeout() {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app_with(|s| s.server.request_read_timeout = Duration::from_millis(300)).await;
+    let mut socket = tokio::net::TcpStream::connect(app.grpc_addr).await.unwrap();
+    let head = "POST /v1/upgrade-service HTTP/1.1\r\nhost: gateway\r\n\
+                content-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n";
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(b"{\"open_kfid\":").await.unwrap();
+    let mut answer = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_string(&mut answer));
+    read.await
+        .expect("answered within the read timeout")
+        .unwrap();
+
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    let json = &answer[answer.find('{').unwrap_or(0)..];
+    let body: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(http_summary(&body).1, "REQUEST_READ_TIMEOUT", "{body}");
+    assert!(
+        !body.to_string().contains("may_have_taken_effect"),
+        "{body}"
+    );
+    assert!(app.sandbox.requests().is_empty());
+}

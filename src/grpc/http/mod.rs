@@ -14,7 +14,11 @@
 
 mod json;
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -43,8 +47,13 @@ use super::{
     status::GATEWAY_DOMAIN,
 };
 
-/// The routes, over `gateway`, reading bodies of at most `max_body` bytes.
-pub(crate) fn routes(gateway: Arc<UpgradeGateway>, max_body: usize) -> Router {
+/// The routes, over `gateway`, reading bodies of at most `max_body` bytes within
+/// `read_timeout` (or the caller's deadline, if sooner).
+pub(crate) fn routes(
+    gateway: Arc<UpgradeGateway>,
+    max_body: usize,
+    read_timeout: Duration,
+) -> Router {
     Router::new()
         .route(
             "/v1/upgrade-config",
@@ -58,7 +67,11 @@ pub(crate) fn routes(gateway: Arc<UpgradeGateway>, max_body: usize) -> Router {
             "/v1/cancel-upgrade-service",
             post(cancel_upgrade).fallback(wrong_method),
         )
-        .with_state(Transcoder { gateway, max_body })
+        .with_state(Transcoder {
+            gateway,
+            max_body,
+            read_timeout,
+        })
 }
 
 /// What answers a path nobody serves, on the shared port: a gRPC caller gets
@@ -110,6 +123,8 @@ fn route_refusal(http: StatusCode, code: Code, reason: &str, message: String) ->
 struct Transcoder {
     gateway: Arc<UpgradeGateway>,
     max_body: usize,
+    /// `server.request_read_timeout_ms`: a body must arrive within it.
+    read_timeout: Duration,
 }
 
 impl Transcoder {
@@ -160,7 +175,15 @@ impl Transcoder {
                     );
                 }
             },
-            None => read.await,
+            // Without a deadline of the caller's, the gateway's own bound: an
+            // answer of its own, not tonic's gRPC-shaped one from its server timeout.
+            None => match tokio::time::timeout(self.read_timeout, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let timeout = self.read_timeout;
+                    return (call, Err(CallError::RequestReadTimeout { timeout }.into()));
+                }
+            },
         };
         let body = read.map_err(|error| self.unreadable(error));
         (call, body)
