@@ -117,15 +117,21 @@ ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
 
 # ---------------------------------------------------------------- helpers
 
-# grpcurl against the gateway: grpc [flags...] -- [list|describe|METHOD] [SYMBOL]
-grpc() {
-    local flags=()
+# grpcurl against ADDR: grpcurl_at ADDR [flags...] -- [list|describe|METHOD] [SYMBOL]
+grpcurl_at() {
+    local addr="$1" flags=()
+    shift
     while (($#)) && [[ "$1" != "--" ]]; do
         flags+=("$1")
         shift
     done
     shift
-    timeout 20 grpcurl -plaintext -max-time 10 "${flags[@]}" "$GRPC_ADDR" "$@"
+    timeout 20 grpcurl -max-time 10 "${flags[@]}" "$addr" "$@"
+}
+
+# grpcurl against the gateway, in plaintext: grpc [flags...] -- ARGS...
+grpc() {
+    grpcurl_at "$GRPC_ADDR" -plaintext "$@"
 }
 
 # HTTP GET: prints the body, then a last line `HTTP <status>`.
@@ -672,15 +678,9 @@ TLS_ADDR="localhost:$GRPC_PORT"
 CLIENT_TLS=(-cacert "$PKI/server-ca.crt" -cert "$PKI/billing.crt" -key "$PKI/billing.key")
 HEALTH_TLS=(--tls-ca-file "$PKI/server-ca.crt" --tls-cert-file "$PKI/billing.crt"
     --tls-key-file "$PKI/billing.key")
-# grpcurl over TLS with the billing client certificate: tls_grpc [flags...] -- ARGS...
+# grpcurl over TLS (its flags name the certificates): tls_grpc [flags...] -- ARGS...
 tls_grpc() {
-    local flags=()
-    while (($#)) && [[ "$1" != "--" ]]; do
-        flags+=("$1")
-        shift
-    done
-    shift
-    timeout 20 grpcurl -max-time 10 "${flags[@]}" "$TLS_ADDR" "$@"
+    grpcurl_at "$TLS_ADDR" "$@"
 }
 
 started=""

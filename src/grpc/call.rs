@@ -203,6 +203,7 @@ macro_rules! call_line {
         let trace_id = line.trace_id.map(tracing::field::display);
         let fault = line.fault.map($crate::grpc::error::Fault::as_str);
         let error = line.error.map(tracing::field::display);
+        // tracing fixes an event's level where it is written: one event per level.
         match line.fault {
             None | Some($crate::grpc::error::Fault::Caller) => tracing::info!(
                 target: $target,

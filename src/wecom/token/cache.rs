@@ -547,7 +547,7 @@ mod tests {
         backoff: Duration::from_millis(100),
     };
 
-    fn cache(source: Arc<Scripted>) -> Arc<TokenCache> {
+    fn cache(source: Arc<dyn TokenSource>) -> Arc<TokenCache> {
         Arc::new(TokenCache::new(
             "test",
             source,
@@ -782,13 +782,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_token_wecom_hands_out_again_is_used_to_its_end_not_refetched() {
         let source = Arc::new(WeComLike::default());
-        let cache = Arc::new(TokenCache::new(
-            "test",
-            source.clone(),
-            policy(),
-            RETRY,
-            &Metrics::new(),
-        ));
+        let cache = cache(source.clone());
         // A call every 10 s for a little more than one lifetime.
         for _ in 0..740 {
             cache.get().await.unwrap();
@@ -806,13 +800,7 @@ mod tests {
         // was refused with it (a 40014 from a proxy, say): one fetch, then the call
         // retries with what it got.
         let source = Arc::new(WeComLike::default());
-        let cache = Arc::new(TokenCache::new(
-            "test",
-            source.clone(),
-            policy(),
-            RETRY,
-            &Metrics::new(),
-        ));
+        let cache = cache(source.clone());
         let first = cache.get().await.unwrap();
         let again = cache.replace(&first).await.unwrap();
         assert_eq!(again, first);
@@ -853,13 +841,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fetch_already_under_way_cannot_hand_back_the_refused_token() {
         let source = Arc::new(Same::default());
-        let cache = Arc::new(TokenCache::new(
-            "test",
-            source.clone(),
-            policy(),
-            RETRY,
-            &Metrics::new(),
-        ));
+        let cache = cache(source.clone());
         let refused = cache.get().await.unwrap();
         tokio::time::advance(Duration::from_secs(3600 - 30 - 299)).await;
         cache.get().await.unwrap(); // starts a background refresh
@@ -876,13 +858,7 @@ mod tests {
             panic_on: vec![1],
             ..Same::default()
         });
-        let cache = Arc::new(TokenCache::new(
-            "test",
-            source.clone(),
-            policy(),
-            RETRY,
-            &Metrics::new(),
-        ));
+        let cache = cache(source.clone());
         let error = cache.get().await.unwrap_err();
         assert!(matches!(error, Error::Transport { .. }), "{error:?}");
         tokio::time::advance(Duration::from_millis(600)).await; // past the first hold
