@@ -47,7 +47,7 @@ pub enum StartupError {
     },
     /// The HTTP client for WeCom could not be built (TLS set-up).
     #[error("cannot build the WeCom HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    HttpClient(#[from] rustls::Error),
     /// The gRPC port's TLS files cannot be used.
     #[error("cannot set up TLS on the gRPC port: {0}")]
     Tls(#[from] TlsError),

@@ -277,7 +277,7 @@ impl Apps {
         specs: impl IntoIterator<Item = AppSpec>,
         default_app: String,
         metrics: &Metrics,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, rustls::Error> {
         let http = Transport::client(&settings.http)?;
         let limits = &settings.rate_limits;
         let fleet = settings
@@ -301,7 +301,7 @@ impl Apps {
                 let transport = Transport::new(
                     http.clone(),
                     &spec.api_base,
-                    settings.http.max_body_bytes,
+                    &settings.http,
                     Arc::clone(&name),
                     metrics.clone(),
                 );

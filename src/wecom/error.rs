@@ -197,22 +197,22 @@ impl std::error::Error for Failed {
 }
 
 impl Error {
-    /// A failed HTTP exchange, without its URL.
-    pub(crate) fn transport(endpoint: Endpoint, error: reqwest::Error) -> Self {
-        let kind = if out_of_descriptors(&error) {
+    /// A failed HTTP exchange; `kind` says whether the request may have been sent.
+    /// The causes name no URL (hyper's do not).
+    pub(crate) fn transport(
+        endpoint: Endpoint,
+        kind: TransportKind,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let kind = if out_of_descriptors(&cause) {
             TransportKind::OutOfResources
-        } else if error.is_timeout() {
-            TransportKind::Timeout
-        } else if error.is_connect() {
-            TransportKind::Connect
         } else {
-            TransportKind::Other
+            kind
         };
         Error::Transport {
             endpoint,
             kind,
-            // reqwest's Display names the URL, query and all; its sources do not.
-            cause: Arc::new(error.without_url()),
+            cause: Arc::new(cause),
         }
     }
 
