@@ -317,9 +317,13 @@ pub(crate) struct Egress {
 
 impl Egress {
     fn from_env(tcp: HttpConnector) -> Self {
+        Self::new(tcp, Matcher::from_env())
+    }
+
+    fn new(tcp: HttpConnector, proxies: Matcher) -> Self {
         Self {
             tcp,
-            proxies: Arc::new(Matcher::from_env()),
+            proxies: Arc::new(proxies),
         }
     }
 }
@@ -410,5 +414,301 @@ fn outcome<T>(answer: &Result<T, Error>) -> &'static str {
         Err(Error::BodyTooLarge { .. }) => "body_too_large",
         // The gateway's own limits refuse before any request: never recorded here.
         Err(Error::RateLimited { .. } | Error::NoTurn { .. } | Error::NoToken { .. }) => "not_sent",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::*;
+
+    /// A WeCom front end over TLS that offers `alpn`, answers every request with
+    /// errcode 0, and counts the connections it accepted and the HTTP/2 requests
+    /// it answered (with the query each carried).
+    struct TlsFront {
+        base: Url,
+        ca: CertificateDer<'static>,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl TlsFront {
+        async fn start(alpn: &[&[u8]]) -> Self {
+            let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let ca = issued.cert.der().clone();
+            let key = PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der());
+            let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ca.clone()], PrivateKeyDer::Pkcs8(key))
+            .unwrap();
+            tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            let acceptor = TlsAcceptor::from(Arc::new(tls));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (accepted, seen) = (Arc::clone(&connections), Arc::clone(&requests));
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen));
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                            return answer_one_http1(tls, &seen).await;
+                        }
+                        let Ok(mut h2) = h2::server::handshake(tls).await else {
+                            return;
+                        };
+                        while let Some(Ok((request, mut respond))) = h2.accept().await {
+                            let query = request.uri().query().unwrap_or_default();
+                            seen.lock().unwrap().push(format!("HTTP/2 {query}"));
+                            let response = http::Response::builder().status(200).body(()).unwrap();
+                            let mut body = respond.send_response(response, false).unwrap();
+                            let answer = Bytes::from_static(br#"{"errcode":0,"errmsg":"ok"}"#);
+                            let _ = body.send_data(answer, true);
+                        }
+                    });
+                }
+            });
+            Self {
+                base: Url::parse(&format!("https://localhost:{port}")).unwrap(),
+                ca,
+                connections,
+                requests,
+            }
+        }
+
+        fn transport(&self) -> Transport {
+            let mut roots = RootCertStore::empty();
+            roots.add(self.ca.clone()).unwrap();
+            let tls = ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let settings = HttpSettings {
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(5),
+                max_body_bytes: 1 << 16,
+                max_idle_connections: 64,
+                idle_timeout: Duration::from_secs(20),
+            };
+            let http = Transport::client_with_tls(&settings, tls);
+            Transport::new(http, &self.base, &settings, "test".into(), Metrics::new())
+        }
+    }
+
+    /// Reads one HTTP/1.1 request (head and a `content-length` body) and answers it.
+    async fn answer_one_http1(
+        mut tls: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        seen: &std::sync::Mutex<Vec<String>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut read = Vec::new();
+        let mut chunk = [0; 4096];
+        let head_end = loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+            if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&read[..head_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        while read.len() < head_end + length {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let request_line = head.lines().next().unwrap_or_default().to_owned();
+        seen.lock().unwrap().push(request_line);
+        let body = r#"{"errcode":0,"errmsg":"ok"}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tls.write_all(answer.as_bytes()).await;
+        let _ = tls.shutdown().await;
+    }
+
+    async fn upgrade(transport: &Transport) -> Result<serde::de::IgnoredAny, Error> {
+        transport
+            .request(Call {
+                endpoint: Endpoint::UpgradeService,
+                query: &[("access_token", "TOKEN with space&=")],
+                body: Some(b"{}"),
+                attempt: 1,
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn http2_is_used_when_wecom_offers_it_and_calls_share_one_connection() {
+        let front = TlsFront::start(&[b"h2", b"http/1.1"]).await;
+        let transport = front.transport();
+        // Until a first handshake has said HTTP/2, concurrent calls would each open
+        // a connection of their own (the pool cannot know they could share one).
+        upgrade(&transport).await.unwrap();
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let transport = transport.clone();
+                tokio::spawn(async move { upgrade(&transport).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(front.requests.lock().unwrap().len(), 51);
+        assert_eq!(front.connections.load(Ordering::SeqCst), 1);
+        // The query is form-encoded into the URL built from the prefix.
+        assert_eq!(
+            front.requests.lock().unwrap()[0],
+            "HTTP/2 access_token=TOKEN+with+space%26%3D"
+        );
+    }
+
+    #[tokio::test]
+    async fn http1_is_used_when_wecom_offers_only_http1() {
+        let front = TlsFront::start(&[b"http/1.1"]).await;
+        upgrade(&front.transport()).await.unwrap();
+        assert_eq!(
+            *front.requests.lock().unwrap(),
+            [
+                "post /cgi-bin/kf/customer/upgrade_service?access_token=token+with+space%26%3d http/1.1"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_proxy_is_used_through_connect_with_its_credentials() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // WeCom (plain HTTP/1.1 here) and a proxy that tunnels one CONNECT to it.
+        let wecom = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let wecom_addr = wecom.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answered = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let (tcp, _) = wecom.accept().await.unwrap();
+            answer_one_http1(tcp, &answered).await;
+        });
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        let connect = Arc::new(std::sync::Mutex::new(String::new()));
+        let asked = Arc::clone(&connect);
+        tokio::spawn(async move {
+            let (mut client, _) = proxy.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0];
+                client.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            *asked.lock().unwrap() = String::from_utf8_lossy(&head).into_owned();
+            let mut upstream = tokio::net::TcpStream::connect(wecom_addr).await.unwrap();
+            client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
+
+        let settings = HttpSettings {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            max_body_bytes: 1024,
+            max_idle_connections: 1,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let proxies = Matcher::builder()
+            .http(format!("http://user:pw@{proxy_addr}"))
+            .build();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(
+                ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(Egress::new(tcp, proxies));
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let base = Url::parse(&format!("http://{wecom_addr}")).unwrap();
+        let transport = Transport::new(http, &base, &settings, "t".into(), Metrics::new());
+        upgrade(&transport).await.unwrap();
+
+        let connect = connect.lock().unwrap().clone();
+        assert!(
+            connect.starts_with(&format!("CONNECT {wecom_addr} HTTP/1.1\r\n")),
+            "{connect}"
+        );
+        // base64("user:pw")
+        assert!(
+            connect.contains("Proxy-Authorization: Basic dXNlcjpwdw==\r\n"),
+            "{connect}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_base_with_userinfo_sends_it_as_basic_authorization_never_in_the_url() {
+        let base = Url::parse("https://proxy%20user:pa%3Ass@proxy.example/wecom/").unwrap();
+        let settings = HttpSettings {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            max_body_bytes: 1024,
+            max_idle_connections: 1,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let tls =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth();
+        let http = Transport::client_with_tls(&settings, tls);
+        let transport = Transport::new(http, &base, &settings, "t".into(), Metrics::new());
+        let call = Call {
+            endpoint: Endpoint::GetToken,
+            query: &[("corpid", "ww1"), ("corpsecret", "S")],
+            body: None,
+            attempt: 1,
+        };
+        let request = transport.http_request(&call).unwrap();
+        assert_eq!(
+            request.uri().to_string(),
+            "https://proxy.example/wecom/cgi-bin/gettoken?corpid=ww1&corpsecret=S"
+        );
+        let authorization = &request.headers()[AUTHORIZATION];
+        // base64("proxy user:pa:ss")
+        assert_eq!(authorization, "Basic cHJveHkgdXNlcjpwYTpzcw==");
+        assert!(authorization.is_sensitive());
+        assert!(!format!("{transport:?}").contains("pa%3Ass"));
     }
 }
