@@ -217,6 +217,7 @@ async fn serve(args: ServeArgs) -> Result<(), CommandError> {
             api_base: handle.base_url(),
             corp_id: DEMO_CORP_ID.to_owned(),
             secret: DEMO_SECRET.to_owned(),
+            suite: None,
         };
         _sandbox = Some(handle);
         Settings::load_for_sandbox(file, &ProcessEnv, &demo)?

@@ -29,7 +29,7 @@ use crate::{
     listener::{Incoming, ListenerSettings},
     telemetry::{Metrics, redacted},
     tls::{TlsAcceptor, TlsError},
-    wecom::Apps,
+    wecom::{Apps, AppsError},
 };
 
 /// Why the gateway could not start or stopped with an error.
@@ -45,9 +45,9 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP client for WeCom could not be built (TLS set-up).
-    #[error("cannot build the WeCom HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    /// The WeCom clients could not be built (the HTTP client's TLS set-up).
+    #[error("cannot set up the WeCom apps: {0}")]
+    Apps(#[from] AppsError),
     /// The gRPC port's TLS files cannot be used.
     #[error("cannot set up TLS on the gRPC port: {0}")]
     Tls(#[from] TlsError),
@@ -91,9 +91,15 @@ impl Application {
         if let Some(warning) = is_exposed(&settings) {
             tracing::warn!(listen = %settings.listen, "INSECURE: {warning}");
         }
-        let (adapter, specs) = settings.adapter();
+        let (adapter, suites, specs) = settings.adapter();
         let metrics = Metrics::new();
-        let apps = Apps::new(&adapter, specs, settings.default_app.clone(), &metrics)?;
+        let apps = Apps::new(
+            &adapter,
+            suites,
+            specs,
+            settings.default_app.clone(),
+            &metrics,
+        )?;
         let access = match &settings.auth {
             Some(auth) => Access::from_file(
                 auth.callers.clone(),

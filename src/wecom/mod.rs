@@ -13,11 +13,12 @@ mod error;
 mod fleet;
 mod limit;
 mod retry;
+pub mod suite;
 mod token;
 mod transport;
 
-pub use client::{AdapterSettings, AppClient, AppSpec, Apps};
-pub use error::{Endpoint, Error, Failed, TransportCause, TransportKind};
+pub use client::{AdapterSettings, AppChanges, AppClient, AppCredentials, AppSpec, Apps, AppsError};
+pub use error::{Endpoint, Error, Failed, NoTokenWhy, TransportCause, TransportKind};
 pub use fleet::FleetSettings;
 pub use limit::{NoSlot, RateBudget, RateLimits, WindowLimits};
 pub use retry::Retry;

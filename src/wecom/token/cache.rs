@@ -261,6 +261,23 @@ impl TokenCache {
         dropped
     }
 
+    /// Ends the hold of a failed fetch: what it lacked (a suite ticket) has come,
+    /// so the next caller without a token starts a fetch at once instead of
+    /// getting the held error until the backoff ends.
+    pub(crate) fn retry_now(&self) {
+        let now = Instant::now();
+        self.shared.slot.send_if_modified(|slot| {
+            if let Some(held) = slot.failed.as_mut() {
+                held.until = held.until.min(now);
+                // A background refresh that failed is due again too.
+                if let Some(current) = slot.current.as_mut() {
+                    current.refresh_at = current.refresh_at.min(now);
+                }
+            }
+            false
+        });
+    }
+
     /// Time left before the published token is dropped, if there is one.
     pub fn remaining(&self) -> Option<Duration> {
         self.shared.remaining()
