@@ -187,10 +187,15 @@ impl Sandbox {
         }
     }
 
+    /// Where [`Sandbox::push_ticket`] pushes tickets.
+    pub fn push_to(&self, callback_url: String) {
+        self.state().provider.callback_url = Some(callback_url);
+    }
+
     /// Pushes a ticket to `callback_url` now (retrying each second until the
     /// gateway takes it), then every `ticket_interval`, until the handle is aborted.
     pub fn start_pushing(self: &Arc<Self>, callback_url: String) -> AbortHandle {
-        self.state().provider.callback_url = Some(callback_url);
+        self.push_to(callback_url);
         let sandbox = Arc::clone(self);
         tokio::spawn(async move {
             loop {
