@@ -188,7 +188,10 @@ impl Callbacks {
     ) -> Result<(&Receiver, Vec<u8>), Refusal> {
         let receiver = self.suites.get(suite).ok_or(Refusal::UnknownSuite)?;
         let Query(signed) = query.map_err(|_| Refusal::MissingQuery)?;
-        let timestamp: i64 = signed.timestamp.parse().map_err(|_| Refusal::MissingQuery)?;
+        let timestamp: i64 = signed
+            .timestamp
+            .parse()
+            .map_err(|_| Refusal::MissingQuery)?;
         let skew = i64::try_from(self.settings.max_clock_skew.as_secs()).unwrap_or(i64::MAX);
         if now().abs_diff(timestamp) > skew.unsigned_abs() {
             return Err(Refusal::Stale);
@@ -202,7 +205,11 @@ impl Callbacks {
         if !receivers(receiver).contains(&opened.receive_id.as_str()) {
             return Err(Refusal::WrongReceiver);
         }
-        let key = (signed.timestamp, signed.nonce, signed.msg_signature.to_ascii_lowercase());
+        let key = (
+            signed.timestamp,
+            signed.nonce,
+            signed.msg_signature.to_ascii_lowercase(),
+        );
         let first = self
             .seen
             .lock()
@@ -275,7 +282,10 @@ async fn verify_url(
     });
     match opened {
         Ok((receiver, echo)) => {
-            tracing::info!(suite = receiver.suite.name(), "callback URL verified by WeCom");
+            tracing::info!(
+                suite = receiver.suite.name(),
+                "callback URL verified by WeCom"
+            );
             (StatusCode::OK, echo).into_response()
         }
         Err(refusal) => refused(&suite, "URL check", refusal),
@@ -346,7 +356,12 @@ async fn receive(
 /// Logs a refused callback and answers it.
 fn refused(suite: &str, what: &'static str, refusal: Refusal) -> Response {
     let suite: String = suite.chars().take(64).collect();
-    tracing::warn!(suite, what, reason = refusal.as_str(), "callback refused; nothing stored");
+    tracing::warn!(
+        suite,
+        what,
+        reason = refusal.as_str(),
+        "callback refused; nothing stored"
+    );
     refusal.into_response()
 }
 

@@ -204,15 +204,12 @@ async fn serve(args: ServeArgs) -> Result<(), CommandError> {
     let mut settings = if args.sandbox {
         let simulator = Sandbox::new(SandboxConfig::default());
         sandbox = Some(Arc::clone(&simulator));
-        let handle = simulator
-            .spawn(args.sandbox_listen)
-            .await
-            .map_err(|e| {
-                CommandError::run(format!(
-                    "cannot start the sandbox on {}: {e}",
-                    args.sandbox_listen
-                ))
-            })?;
+        let handle = simulator.spawn(args.sandbox_listen).await.map_err(|e| {
+            CommandError::run(format!(
+                "cannot start the sandbox on {}: {e}",
+                args.sandbox_listen
+            ))
+        })?;
         tracing::info!(
             base_url = %handle.base_url(),
             corp_id = DEMO_CORP_ID,
@@ -231,7 +228,9 @@ async fn serve(args: ServeArgs) -> Result<(), CommandError> {
                 encoding_aes_key: DEMO_ENCODING_AES_KEY.to_owned(),
                 corps: DEMO_CORPS
                     .iter()
-                    .map(|(app, corp, code)| ((*app).to_owned(), (*corp).to_owned(), (*code).to_owned()))
+                    .map(|(app, corp, code)| {
+                        ((*app).to_owned(), (*corp).to_owned(), (*code).to_owned())
+                    })
                     .collect(),
             }),
         };

@@ -24,17 +24,17 @@ use tonic_health::ServingStatus;
 
 use crate::{
     auth::Access,
-    config::{Settings, is_cleartext_remote, is_exposed},
-    grpc::{self, CallLimits, CustomerUpgradeServiceServer, Cutoff, UpgradeGateway, pb},
-    listener::{Incoming, ListenerSettings},
-    telemetry::{Metrics, redacted},
-    tls::{TlsAcceptor, TlsError},
     callback::Callbacks,
     config::{
         APPS_FILE_GROUP, ProcessEnv, app_specs, corp_specs, corps_group, parse_apps_file,
         parse_corps,
     },
+    config::{Settings, is_cleartext_remote, is_exposed},
+    grpc::{self, CallLimits, CustomerUpgradeServiceServer, Cutoff, UpgradeGateway, pb},
+    listener::{Incoming, ListenerSettings},
     reload::{self, Snapshot},
+    telemetry::{Metrics, redacted},
+    tls::{TlsAcceptor, TlsError},
     wecom::{AppChanges, AppSpec, Apps, AppsError},
 };
 
@@ -139,11 +139,8 @@ impl Application {
             None
         } else {
             let listener = bind("suite callbacks", settings.callback.listen).await?;
-            let callbacks = Callbacks::new(
-                apps.clone(),
-                &settings.suites,
-                settings.callback.clone(),
-            );
+            let callbacks =
+                Callbacks::new(apps.clone(), &settings.suites, settings.callback.clone());
             Some((Arc::new(callbacks), listener))
         };
         Ok(Self {
@@ -443,31 +440,37 @@ fn admin_router(ready: Arc<AtomicBool>, metrics: Metrics) -> Router {
         )
 }
 
+/// Reads the apps a changed file lists, or says why it cannot be used.
+type SpecsOf = Box<dyn Fn(Vec<u8>) -> Result<Vec<AppSpec>, String> + Send + Sync>;
+
 /// Re-reads each suite's corps file and the apps file when they change, and
 /// makes the apps they list the apps of their group: added, rebuilt when changed,
 /// removed when gone; a version that cannot be used is logged and the apps stay.
 fn watch_app_files(settings: &Settings, apps: &Arc<Apps>) {
-    let watch = |what: &'static str,
-                 path: &std::path::Path,
-                 interval: Duration,
-                 group: String,
-                 specs: Box<dyn Fn(Vec<u8>) -> Result<Vec<AppSpec>, String> + Send + Sync>| {
-        // What it holds now was loaded with the configuration.
-        let seen = Snapshot::read(&[path.to_path_buf()]).map_or([0; 32], |s| s.digest);
-        reload::watch(
-            what,
-            vec![path.to_path_buf()],
-            interval,
-            seen,
-            Arc::downgrade(apps),
-            move |apps: &Apps, mut contents| {
-                let specs = specs(contents.pop().unwrap_or_default())?;
-                let changes = apps.replace_group(&group, specs).map_err(|e| e.to_string())?;
-                log_changes(&group, &changes);
-                Ok(())
-            },
-        );
-    };
+    let watch =
+        |what: &'static str,
+         path: &std::path::Path,
+         interval: Duration,
+         group: String,
+         specs: SpecsOf| {
+            // What it holds now was loaded with the configuration.
+            let seen = Snapshot::read(&[path.to_path_buf()]).map_or([0; 32], |s| s.digest);
+            reload::watch(
+                what,
+                vec![path.to_path_buf()],
+                interval,
+                seen,
+                Arc::downgrade(apps),
+                move |apps: &Apps, mut contents| {
+                    let specs = specs(contents.pop().unwrap_or_default())?;
+                    let changes = apps
+                        .replace_group(&group, specs)
+                        .map_err(|e| e.to_string())?;
+                    log_changes(&group, &changes);
+                    Ok(())
+                },
+            );
+        };
     for (name, suite) in &settings.suites {
         let Some(path) = &suite.corps_file else {
             continue;
@@ -492,7 +495,8 @@ fn watch_app_files(settings: &Settings, apps: &Arc<Apps>) {
             file.reload_interval,
             APPS_FILE_GROUP.to_owned(),
             Box::new(move |bytes| {
-                let apps = parse_apps_file(&bytes, &ProcessEnv, &api_base).map_err(|e| e.to_string())?;
+                let apps =
+                    parse_apps_file(&bytes, &ProcessEnv, &api_base).map_err(|e| e.to_string())?;
                 Ok(app_specs(&apps, APPS_FILE_GROUP))
             }),
         );

@@ -110,8 +110,7 @@ impl Access {
             Arc::downgrade(&current),
             move |current: &ArcSwap<Callers>, mut contents| {
                 let bytes = contents.pop().unwrap_or_default();
-                let callers =
-                    Callers::parse(&bytes, &is_app).map_err(|e| e.to_string())?;
+                let callers = Callers::parse(&bytes, &is_app).map_err(|e| e.to_string())?;
                 tracing::info!(callers = callers.len(), "callers file reloaded");
                 current.store(Arc::new(callers));
                 Ok(())

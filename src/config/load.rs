@@ -355,8 +355,10 @@ impl Plan {
             None => None,
         };
         // Every app name, wherever it is configured, is unique.
-        let mut owner: BTreeMap<&str, String> =
-            apps.keys().map(|name| (name.as_str(), "apps".to_owned())).collect();
+        let mut owner: BTreeMap<&str, String> = apps
+            .keys()
+            .map(|name| (name.as_str(), "apps".to_owned()))
+            .collect();
         let others = suites
             .iter()
             .flat_map(|(suite, s)| {
@@ -365,13 +367,21 @@ impl Plan {
                     .map(move |c| (c.app.as_str(), format!("the corps of suite {suite}")))
             })
             .chain(apps_file.iter().flat_map(|file| {
-                file.apps.keys().map(|name| (name.as_str(), "apps_file".to_owned()))
+                file.apps
+                    .keys()
+                    .map(|name| (name.as_str(), "apps_file".to_owned()))
             }));
         for (name, place) in others {
             if let Some(first) = owner.insert(name, place.clone()) {
                 return Err(ConfigError::new(
-                    if place == "apps_file" { "apps_file" } else { "suites" },
-                    format!("app `{name}` is configured in {first} and in {place}; app names must be unique"),
+                    if place == "apps_file" {
+                        "apps_file"
+                    } else {
+                        "suites"
+                    },
+                    format!(
+                        "app `{name}` is configured in {first} and in {place}; app names must be unique"
+                    ),
                 ));
             }
         }

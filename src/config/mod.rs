@@ -41,8 +41,8 @@ pub use env::{Environment, ProcessEnv};
 pub(crate) use file::toml_problem;
 pub use load::SandboxApp;
 pub use provider::{
-    APPS_FILE_GROUP, AppsFileSettings, CONFIG_GROUP, CallbackSettings, CorpSettings,
-    SandboxSuite, SuiteSettings, app_specs, corp_specs, corps_group, parse_apps_file, parse_corps,
+    APPS_FILE_GROUP, AppsFileSettings, CONFIG_GROUP, CallbackSettings, CorpSettings, SandboxSuite,
+    SuiteSettings, app_specs, corp_specs, corps_group, parse_apps_file, parse_corps,
 };
 pub use redis::RedisSettings;
 pub(crate) use validate::check_name;

@@ -338,8 +338,9 @@ impl SuitePlan {
                 let bytes = std::fs::read(&path).map_err(|e| {
                     ConfigError::new(&key, format!("cannot read {}: {e}", path.display()))
                 })?;
-                let corps = parse_corps(&bytes)
-                    .map_err(|problem| ConfigError::new(&key, format!("{}: {problem}", path.display())))?;
+                let corps = parse_corps(&bytes).map_err(|problem| {
+                    ConfigError::new(&key, format!("{}: {problem}", path.display()))
+                })?;
                 (corps, Some(path))
             }
             Corps::Given(corps) => (corps, None),
@@ -416,7 +417,9 @@ pub fn parse_corps(bytes: &[u8]) -> Result<Vec<CorpSettings>, String> {
         corps.push(CorpSettings {
             app: corp.app,
             corp_id: corp.auth_corpid.trim().to_owned(),
-            permanent_code: SecretString::from(corp.permanent_code.expose_secret().trim().to_owned()),
+            permanent_code: SecretString::from(
+                corp.permanent_code.expose_secret().trim().to_owned(),
+            ),
         });
     }
     Ok(corps)
@@ -446,7 +449,10 @@ pub fn parse_apps_file(
         validate::app_name(&app.name).map_err(|p| ConfigError::new(&name_key, p))?;
         let name = app.name.clone();
         if apps.contains_key(&name) {
-            return Err(ConfigError::new(name_key, format!("`{name}` names two apps")));
+            return Err(ConfigError::new(
+                name_key,
+                format!("`{name}` names two apps"),
+            ));
         }
         let plan = AppPlan::from_file(app, i);
         let in_file = |e: ConfigError| ConfigError::new(format!("apps_file: {}", e.key), e.problem);
@@ -559,7 +565,8 @@ impl<'a> RenderedSuite<'a> {
             provider_corp_id: suite.provider_corp_id.as_deref(),
             corps_file: suite.corps_file.as_deref(),
             api_base: crate::telemetry::redacted(&suite.api_base).to_string(),
-            reload_interval_ms: u64::try_from(suite.reload_interval.as_millis()).unwrap_or(u64::MAX),
+            reload_interval_ms: u64::try_from(suite.reload_interval.as_millis())
+                .unwrap_or(u64::MAX),
         }
     }
 }

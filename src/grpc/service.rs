@@ -136,7 +136,9 @@ impl UpgradeGateway {
     ) -> Result<pb::GetUpgradeConfigResponse, Failure> {
         call.caller()?;
         let config = self
-            .run(call, async |app, deadline| app.get_upgrade_config(deadline).await)
+            .run(call, async |app, deadline| {
+                app.get_upgrade_config(deadline).await
+            })
             .await?;
         Ok(config.into())
     }

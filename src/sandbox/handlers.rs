@@ -232,9 +232,9 @@ impl Sandbox {
         let now = Instant::now();
         let mut state = self.state();
         // Expired tokens are kept a while, so that using one answers 42001, not 40014.
-        state.tokens.retain(|_, issued| {
-            now.saturating_duration_since(issued.expiry) < EXPIRED_TOKENS_KEPT
-        });
+        state
+            .tokens
+            .retain(|_, issued| now.saturating_duration_since(issued.expiry) < EXPIRED_TOKENS_KEPT);
         let valid = state
             .tokens
             .iter()
@@ -252,7 +252,10 @@ impl Sandbox {
                 (token, expiry)
             }
         };
-        (token, expiry.saturating_duration_since(now).as_secs().max(1))
+        (
+            token,
+            expiry.saturating_duration_since(now).as_secs().max(1),
+        )
     }
 }
 

@@ -137,7 +137,9 @@ impl Sandbox {
             .callback_url
             .clone()
             .ok_or("no callback URL yet")?;
-        let crypt = self.crypt().ok_or("the sandbox's EncodingAESKey is unusable")?;
+        let crypt = self
+            .crypt()
+            .ok_or("the sandbox's EncodingAESKey is unusable")?;
         let provider = &self.config.provider;
         let ticket = random_token();
         let timestamp = SystemTime::now()
@@ -257,7 +259,11 @@ impl Sandbox {
         }))
     }
 
-    fn issue_corp_token(&self, suite_token: Option<&String>, body: &Value) -> Result<Value, Refused> {
+    fn issue_corp_token(
+        &self,
+        suite_token: Option<&String>,
+        body: &Value,
+    ) -> Result<Value, Refused> {
         let Some(suite_token) = suite_token.filter(|t| !t.is_empty()) else {
             return Err(Refused(41001, "suite_access_token missing"));
         };

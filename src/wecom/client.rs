@@ -603,7 +603,12 @@ impl Factory {
     }
 
     /// Shares `source` through the fleet's Redis, if there is a fleet.
-    fn shared(&self, corp_id: &str, app: &str, source: Arc<dyn TokenSource>) -> Arc<dyn TokenSource> {
+    fn shared(
+        &self,
+        corp_id: &str,
+        app: &str,
+        source: Arc<dyn TokenSource>,
+    ) -> Arc<dyn TokenSource> {
         match &self.fleet {
             Some(fleet) => Arc::new(SharedTokens::new(
                 Arc::clone(fleet),
@@ -641,7 +646,12 @@ impl Factory {
             self.settings.retry,
             &self.metrics,
         );
-        Suite::new(Arc::from(spec.name.as_str()), spec.suite_id, tickets, tokens)
+        Suite::new(
+            Arc::from(spec.name.as_str()),
+            spec.suite_id,
+            tickets,
+            tokens,
+        )
     }
 
     /// An app whose tokens come from `tokens`.
@@ -664,13 +674,21 @@ impl Factory {
             .for_corp(&spec.corp_id);
         let (source, suite_name): (Arc<dyn TokenSource>, _) = match tokens {
             TokenFrom::Secret(secret) => (
-                Arc::new(GetToken::new(spec.corp_id.clone(), secret, transport.clone())),
+                Arc::new(GetToken::new(
+                    spec.corp_id.clone(),
+                    secret,
+                    transport.clone(),
+                )),
                 None,
             ),
             TokenFrom::Suite(suite, permanent_code) => {
                 let name = Arc::from(suite.name());
-                let source =
-                    GetCorpToken::new(spec.corp_id.clone(), permanent_code, suite, transport.clone());
+                let source = GetCorpToken::new(
+                    spec.corp_id.clone(),
+                    permanent_code,
+                    suite,
+                    transport.clone(),
+                );
                 (Arc::new(source), Some(name))
             }
         };

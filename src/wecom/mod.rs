@@ -17,7 +17,9 @@ pub mod suite;
 mod token;
 mod transport;
 
-pub use client::{AdapterSettings, AppChanges, AppClient, AppCredentials, AppSpec, Apps, AppsError};
+pub use client::{
+    AdapterSettings, AppChanges, AppClient, AppCredentials, AppSpec, Apps, AppsError,
+};
 pub use error::{Endpoint, Error, Failed, NoTokenWhy, TransportCause, TransportKind};
 pub use fleet::FleetSettings;
 pub use limit::{NoSlot, RateBudget, RateLimits, WindowLimits};

@@ -25,8 +25,7 @@ use wecom_kf_upgrade::{
 };
 
 use crate::helpers::{
-    Client, EXTERNAL_USERID, TempDir, assert_status, for_app, init_test_logging,
-    member_upgrade,
+    Client, EXTERNAL_USERID, TempDir, assert_status, for_app, init_test_logging, member_upgrade,
 };
 
 const SUITE: &str = "acme";
@@ -103,14 +102,18 @@ listen = "127.0.0.1:0"
     settings.server.drain_delay = Duration::ZERO;
     let app = Application::build(settings).await.expect("gateway builds");
     let grpc_addr = app.grpc_addr();
-    let callback: SocketAddr = app.callback_addr().expect("a suite opens the callback port");
+    let callback: SocketAddr = app
+        .callback_addr()
+        .expect("a suite opens the callback port");
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
     let callback_url = format!("http://{callback}/suites/{SUITE}/callback");
     sandbox.push_to(callback_url.clone());
-    let client = Client::connect(format!("http://{grpc_addr}")).await.unwrap();
+    let client = Client::connect(format!("http://{grpc_addr}"))
+        .await
+        .unwrap();
     Provider {
         client,
         sandbox,
@@ -140,7 +143,12 @@ impl Provider {
     fn corp_token_requests(&self) -> Vec<String> {
         self.requests_to(Endpoint::GetCorpToken)
             .iter()
-            .map(|r| r.body["auth_corpid"].as_str().unwrap_or_default().to_owned())
+            .map(|r| {
+                r.body["auth_corpid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .collect()
     }
 }
@@ -148,7 +156,11 @@ impl Provider {
 #[tokio::test]
 async fn one_pushed_ticket_serves_500_callers_of_two_corps_with_one_fetch_of_each_token() {
     let provider = spawn_provider(&[CORP_A, CORP_B], "").await;
-    provider.sandbox.push_ticket().await.expect("the gateway takes the ticket");
+    provider
+        .sandbox
+        .push_ticket()
+        .await
+        .expect("the gateway takes the ticket");
 
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..500 {
@@ -160,7 +172,12 @@ async fn one_pushed_ticket_serves_500_callers_of_two_corps_with_one_fetch_of_eac
     }
     let results = calls.join_all().await;
     let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
-    assert!(failed.is_empty(), "{} calls failed: {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
 
     assert_eq!(provider.requests_to(Endpoint::GetSuiteToken).len(), 1);
     let mut corps = provider.corp_token_requests();
@@ -172,7 +189,10 @@ async fn one_pushed_ticket_serves_500_callers_of_two_corps_with_one_fetch_of_eac
     assert_eq!(upgrades.len(), 500);
     for request in upgrades {
         let external_userid = request.body["external_userid"].as_str().unwrap();
-        let corp = request.corp_id.as_deref().expect("a token the sandbox issued");
+        let corp = request
+            .corp_id
+            .as_deref()
+            .expect("a token the sandbox issued");
         assert!(
             external_userid.starts_with(&format!("wm-{corp}-")),
             "{external_userid} was sent with the token of {corp}"
@@ -184,13 +204,22 @@ async fn one_pushed_ticket_serves_500_callers_of_two_corps_with_one_fetch_of_eac
 async fn without_a_ticket_calls_say_so_and_recover_on_the_next_push() {
     let provider = spawn_provider(&[CORP_A, CORP_B], "").await;
 
-    let status = provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.unwrap_err();
+    let status = provider
+        .upgrade(CORP_A.0, EXTERNAL_USERID)
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "SUITE_TICKET_MISSING");
     assert!(status.message().contains("suite_ticket"), "{status:?}");
-    assert!(provider.requests_to(Endpoint::GetSuiteToken).is_empty(), "nothing sent");
+    assert!(
+        provider.requests_to(Endpoint::GetSuiteToken).is_empty(),
+        "nothing sent"
+    );
 
     provider.sandbox.push_ticket().await.unwrap();
-    provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.expect("recovered at once");
+    provider
+        .upgrade(CORP_A.0, EXTERNAL_USERID)
+        .await
+        .expect("recovered at once");
     provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.unwrap();
 }
 
@@ -200,13 +229,19 @@ async fn a_stale_ticket_is_refused_clearly_and_the_next_push_recovers() {
     provider.sandbox.push_ticket().await.unwrap();
     provider.sandbox.expire_tickets();
 
-    let status = provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.unwrap_err();
+    let status = provider
+        .upgrade(CORP_B.0, EXTERNAL_USERID)
+        .await
+        .unwrap_err();
     let info = assert_status(&status, Code::Unavailable, "SUITE_TICKET_INVALID");
     assert_eq!(info["errcode"], "40085");
     assert!(provider.requests_to(Endpoint::UpgradeService).is_empty());
 
     provider.sandbox.push_ticket().await.unwrap();
-    provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.expect("recovered without a restart");
+    provider
+        .upgrade(CORP_B.0, EXTERNAL_USERID)
+        .await
+        .expect("recovered without a restart");
 }
 
 #[tokio::test]
@@ -215,7 +250,10 @@ async fn a_refused_permanent_code_is_a_failed_precondition_for_that_corp_only() 
     let provider = spawn_provider(&[CORP_A, wrong], "").await;
     provider.sandbox.push_ticket().await.unwrap();
 
-    let status = provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.unwrap_err();
+    let status = provider
+        .upgrade(CORP_B.0, EXTERNAL_USERID)
+        .await
+        .unwrap_err();
     let info = assert_status(&status, Code::FailedPrecondition, "PERMANENT_CODE_REJECTED");
     assert_eq!(info["errcode"], "40084");
     provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.unwrap();
@@ -231,7 +269,10 @@ async fn a_refused_suite_token_is_replaced_once() {
 
     provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.unwrap();
     assert_eq!(provider.requests_to(Endpoint::GetSuiteToken).len(), 2);
-    assert_eq!(provider.corp_token_requests(), [CORP_A.1, CORP_A.1, CORP_A.1]);
+    assert_eq!(
+        provider.corp_token_requests(),
+        [CORP_A.1, CORP_A.1, CORP_A.1]
+    );
 }
 
 // === the callback endpoint ===
@@ -245,11 +286,18 @@ struct Callback {
 }
 
 fn crypt() -> MsgCrypt {
-    MsgCrypt::new(SecretString::from(DEMO_CALLBACK_TOKEN), DEMO_ENCODING_AES_KEY).unwrap()
+    MsgCrypt::new(
+        SecretString::from(DEMO_CALLBACK_TOKEN),
+        DEMO_ENCODING_AES_KEY,
+    )
+    .unwrap()
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn ticket_callback(ticket: &str, timestamp: i64, receive_id: &str) -> Callback {
@@ -263,7 +311,9 @@ fn ticket_callback(ticket: &str, timestamp: i64, receive_id: &str) -> Callback {
     let (timestamp, nonce) = (timestamp.to_string(), format!("{}", fastrand::u32(..)));
     Callback {
         signature: crypt.signature(&timestamp, &nonce, &encrypted),
-        body: format!("<xml><ToUserName><![CDATA[{DEMO_SUITE_ID}]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt><AgentID><![CDATA[]]></AgentID></xml>"),
+        body: format!(
+            "<xml><ToUserName><![CDATA[{DEMO_SUITE_ID}]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt><AgentID><![CDATA[]]></AgentID></xml>"
+        ),
         timestamp,
         nonce,
     }
@@ -303,10 +353,18 @@ async fn bad_replayed_stale_or_malformed_callbacks_are_refused_with_nothing_stor
     garbage.body = "<xml><Encrypt>".to_owned();
     assert_eq!(post(url, &garbage).await.0, 400);
     let unknown_suite = url.replace(SUITE, "nobody");
-    assert_eq!(post(&unknown_suite, &ticket_callback("x", now, DEMO_SUITE_ID)).await.0, 404);
+    assert_eq!(
+        post(&unknown_suite, &ticket_callback("x", now, DEMO_SUITE_ID))
+            .await
+            .0,
+        404
+    );
 
     // Nothing was stored: there is still no ticket at all.
-    let status = provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.unwrap_err();
+    let status = provider
+        .upgrade(CORP_A.0, EXTERNAL_USERID)
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "SUITE_TICKET_MISSING");
 
     // A genuine callback is taken once; its replay is refused.
@@ -314,7 +372,10 @@ async fn bad_replayed_stale_or_malformed_callbacks_are_refused_with_nothing_stor
     assert_eq!(post(url, &genuine).await, (200, "success".to_owned()));
     assert_eq!(post(url, &genuine).await.0, 403);
     // The ticket was stored and used at once: WeCom does not know it.
-    let status = provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.unwrap_err();
+    let status = provider
+        .upgrade(CORP_A.0, EXTERNAL_USERID)
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "SUITE_TICKET_INVALID");
 }
 
@@ -343,7 +404,10 @@ async fn the_url_check_answers_the_decrypted_echostr() {
             (answer.status().as_u16(), answer.text().await.unwrap())
         }
     };
-    assert_eq!(check(DEMO_SUITE_ID).await, (200, "1616140317555161061".to_owned()));
+    assert_eq!(
+        check(DEMO_SUITE_ID).await,
+        (200, "1616140317555161061".to_owned())
+    );
     assert_eq!(check("another-receiver").await.0, 403);
 }
 
@@ -363,10 +427,15 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 async fn corps_come_and_go_with_the_corps_file() {
     let provider = spawn_provider(&[CORP_A], "").await;
     provider.sandbox.push_ticket().await.unwrap();
-    let status = provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.unwrap_err();
+    let status = provider
+        .upgrade(CORP_B.0, EXTERNAL_USERID)
+        .await
+        .unwrap_err();
     assert_status(&status, Code::InvalidArgument, "UNKNOWN_APP");
 
-    provider.files.write("corps.toml", corps_file(&[CORP_A, CORP_B]));
+    provider
+        .files
+        .write("corps.toml", corps_file(&[CORP_A, CORP_B]));
     eventually("corp B's arrival", async || {
         provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.is_ok()
     })
@@ -379,7 +448,11 @@ async fn corps_come_and_go_with_the_corps_file() {
     .await;
     provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.unwrap();
     // Corp B kept its token through both reloads.
-    let corp_b_fetches = provider.corp_token_requests().iter().filter(|c| *c == CORP_B.1).count();
+    let corp_b_fetches = provider
+        .corp_token_requests()
+        .iter()
+        .filter(|c| *c == CORP_B.1)
+        .count();
     assert_eq!(corp_b_fetches, 1);
 }
 

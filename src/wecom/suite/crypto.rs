@@ -125,23 +125,21 @@ impl MsgCrypt {
             .decrypt_padded_mut::<NoPadding>(&mut bytes)
             .map_err(|_| CryptError::Malformed)?;
         let pad = usize::from(*plain.last().ok_or(CryptError::Malformed)?);
-        if !(1..=PAD_TO).contains(&pad) || plain[plain.len() - pad..].iter().any(|&b| b != pad as u8)
+        if !(1..=PAD_TO).contains(&pad)
+            || plain[plain.len() - pad..].iter().any(|&b| b != pad as u8)
         {
             return Err(CryptError::Malformed);
         }
         let unpadded = &plain[..plain.len() - pad];
         let body = unpadded.get(HEADER..).ok_or(CryptError::Malformed)?;
-        let length = u32::from_be_bytes([
-            unpadded[16],
-            unpadded[17],
-            unpadded[18],
-            unpadded[19],
-        ]) as usize;
+        let length =
+            u32::from_be_bytes([unpadded[16], unpadded[17], unpadded[18], unpadded[19]]) as usize;
         if length > body.len() {
             return Err(CryptError::Malformed);
         }
         let (message, receive_id) = body.split_at(length);
-        let receive_id = String::from_utf8(receive_id.to_vec()).map_err(|_| CryptError::Malformed)?;
+        let receive_id =
+            String::from_utf8(receive_id.to_vec()).map_err(|_| CryptError::Malformed)?;
         Ok(Opened {
             message: message.to_vec(),
             receive_id,
@@ -154,7 +152,11 @@ impl MsgCrypt {
         let mut plain = Vec::with_capacity(HEADER + message.len() + receive_id.len() + PAD_TO);
         plain.extend_from_slice(&random);
         // A message longer than 4 GiB cannot be sent; its length would wrap.
-        plain.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+        plain.extend_from_slice(
+            &u32::try_from(message.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         plain.extend_from_slice(message);
         plain.extend_from_slice(receive_id.as_bytes());
         let pad = PAD_TO - plain.len() % PAD_TO;
@@ -281,10 +283,22 @@ mod tests {
             let mut flipped = signature.clone().into_bytes();
             flipped[i] = if flipped[i] == b'0' { b'1' } else { b'0' };
             let flipped = String::from_utf8(flipped).unwrap();
-            assert!(crypt.open(&flipped, "1409659813", "1372623149", &encrypted).is_err());
+            assert!(
+                crypt
+                    .open(&flipped, "1409659813", "1372623149", &encrypted)
+                    .is_err()
+            );
         }
-        assert!(crypt.open(&signature, "1409659814", "1372623149", &encrypted).is_err());
-        assert!(crypt.open(&signature, "1409659813", "1372623148", &encrypted).is_err());
+        assert!(
+            crypt
+                .open(&signature, "1409659814", "1372623149", &encrypted)
+                .is_err()
+        );
+        assert!(
+            crypt
+                .open(&signature, "1409659813", "1372623148", &encrypted)
+                .is_err()
+        );
     }
 
     #[test]
@@ -316,7 +330,12 @@ mod tests {
 
     #[test]
     fn a_bad_aes_key_is_refused() {
-        for key in ["", "short", &"A".repeat(44), "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"] {
+        for key in [
+            "",
+            "short",
+            &"A".repeat(44),
+            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        ] {
             assert_eq!(
                 MsgCrypt::new(SecretString::from(TOKEN), key).unwrap_err(),
                 CryptError::InvalidAesKey

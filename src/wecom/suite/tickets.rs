@@ -59,7 +59,10 @@ impl MemoryTickets {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // WeCom says to use the newest: a late delivery of an older push loses.
-        if newest.as_ref().is_some_and(|n| n.issued_at > ticket.issued_at) {
+        if newest
+            .as_ref()
+            .is_some_and(|n| n.issued_at > ticket.issued_at)
+        {
             return false;
         }
         *newest = Some(ticket);
@@ -98,6 +101,6 @@ mod tests {
         assert_eq!(store.latest_now(), Some(ticket("b", 20)));
         assert!(store.store_now(ticket("c", 30)));
         assert_eq!(store.latest_now(), Some(ticket("c", 30)));
-        assert_eq!(format!("{:?}", ticket("SECRET", 1)).contains("SECRET"), false);
+        assert!(!format!("{:?}", ticket("SECRET", 1)).contains("SECRET"));
     }
 }
