@@ -570,3 +570,173 @@ impl<'a> RenderedSuite<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{SandboxApp, Settings};
+
+    const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+    /// A directory of its own per test.
+    fn dir(purpose: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wku-suite-{purpose}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn corps(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("corps.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const TWO_CORPS: &str = "[[corps]]\napp = \"shop-a\"\nauth_corpid = \"wwa\"\npermanent_code = \"code-a\"\n\
+                             [[corps]]\napp = \"shop-b\"\nauth_corpid = \"wwb\"\npermanent_code = \"code-b\"\n";
+
+    fn suite_config(corps_file: &Path, extra: &str) -> String {
+        format!(
+            "default_app = \"shop-a\"\n{extra}\n[[suites]]\nname = \"acme\"\nsuite_id = \"ww-suite\"\n\
+             suite_secret_env = \"SUITE_SECRET\"\ntoken = \"CbTok9\"\nencoding_aes_key = \"{AES_KEY}\"\n\
+             corps_file = \"{}\"\n",
+            corps_file.display()
+        )
+    }
+
+    fn load(dir: &Path, text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: BTreeMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::load(Some(&path), &env)
+    }
+
+    const ENV: &[(&str, &str)] = &[("SUITE_SECRET", "s3cret")];
+
+    #[test]
+    fn a_suite_and_its_corps_become_apps_of_the_adapter() {
+        let dir = dir("load");
+        let settings = load(&dir, &suite_config(&corps(&dir, TWO_CORPS), ""), ENV).unwrap();
+        let suite = &settings.suites["acme"];
+        assert_eq!(suite.secret.expose_secret(), "s3cret");
+        assert_eq!(suite.secret_origin, SecretOrigin::Env("SUITE_SECRET".to_owned()));
+        assert_eq!(suite.corps.len(), 2);
+        let (_, suites, apps) = settings.adapter();
+        assert_eq!(suites[0].suite_id, "ww-suite");
+        let names: Vec<_> = apps.iter().map(|a| (a.name.as_str(), a.group.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("shop-a", "the corps file of suite acme"),
+                ("shop-b", "the corps file of suite acme")
+            ]
+        );
+        assert!(matches!(&apps[1].credentials, AppCredentials::Suite { suite, .. } if suite == "acme"));
+        let shown = format!("{settings:?} {apps:?}");
+        for secret in ["s3cret", "code-a", "CbTok9", AES_KEY] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let dir = dir("keys");
+        let corps_file = corps(&dir, TWO_CORPS);
+        let key = |text: &str, vars| load(&dir, text, vars).unwrap_err().key;
+        let config = suite_config(&corps_file, "");
+        assert_eq!(key(&config, &[]), "suites[0].suite_secret_env");
+        let bad_key = config.replace(AES_KEY, "too-short");
+        assert_eq!(key(&bad_key, ENV), "suites.acme.encoding_aes_key");
+        let no_corps = config.replace(&format!("corps_file = \"{}\"\n", corps_file.display()), "");
+        assert_eq!(key(&no_corps, ENV), "suites[0].corps_file");
+        let both = config.replace("token = \"CbTok9\"", "token = \"Tok\"\ntoken_env = \"T\"");
+        assert_eq!(key(&both, ENV), "suites[0].token");
+        corps(&dir, "[[corps]]\napp = \"x\"\nauth_corpid = \"ww\"\npermanent_code = \" \"\n");
+        let error = load(&dir, &config, ENV).unwrap_err();
+        assert_eq!(error.key, "suites[0].corps_file");
+        assert!(error.problem.contains("corps[0].permanent_code"), "{error}");
+    }
+
+    #[test]
+    fn app_names_are_unique_across_the_configuration_and_the_corps() {
+        let dir = dir("unique");
+        let clash = "[[apps]]\nname = \"shop-b\"\ncorp_id = \"ww\"\nsecret = \"s\"\n";
+        let config = suite_config(&corps(&dir, TWO_CORPS), clash);
+        let error = load(&dir, &config, ENV).unwrap_err();
+        assert_eq!(error.key, "suites");
+        assert!(error.problem.contains("shop-b"), "{error}");
+        let no_default = suite_config(&corps(&dir, TWO_CORPS), "").replace("default_app = \"shop-a\"", "");
+        assert_eq!(load(&dir, &no_default, ENV).unwrap_err().key, "default_app");
+    }
+
+    #[test]
+    fn the_printed_suite_loads_back() {
+        let dir = dir("render");
+        let config = suite_config(&corps(&dir, TWO_CORPS), "");
+        let config = config.replace(
+            &format!("encoding_aes_key = \"{AES_KEY}\""),
+            "encoding_aes_key_env = \"AES\"",
+        );
+        let vars = [("SUITE_SECRET", "s3cret"), ("AES", AES_KEY)];
+        let first = load(&dir, &config, &vars).unwrap();
+        let printed = first.to_toml();
+        assert!(printed.contains("suite_secret_env = \"SUITE_SECRET\""), "{printed}");
+        assert!(printed.contains("token = \"****\""), "{printed}");
+        assert!(!printed.contains(AES_KEY) && !printed.contains("CbTok9"), "{printed}");
+        let second = load(&dir, &printed, &vars).unwrap();
+        assert_eq!(second.to_toml(), printed, "printing is stable");
+    }
+
+    #[test]
+    fn the_sandbox_replaces_every_suite_and_skips_the_apps_file() {
+        let dir = dir("sandbox");
+        let config = suite_config(
+            &corps(&dir, TWO_CORPS),
+            "apps_file = \"/nonexistent/apps.toml\"",
+        )
+        .replace("default_app = \"shop-a\"", "");
+        let sandbox = SandboxApp {
+            api_base: "http://127.0.0.1:9".to_owned(),
+            corp_id: "sbx".to_owned(),
+            secret: "demo".to_owned(),
+            suite: Some(SandboxSuite {
+                name: "demo".to_owned(),
+                suite_id: "sbx-suite".to_owned(),
+                suite_secret: "x".to_owned(),
+                callback_token: "t".to_owned(),
+                encoding_aes_key: AES_KEY.to_owned(),
+                corps: vec![("demo-a".to_owned(), "sbx-a".to_owned(), "c".to_owned())],
+            }),
+        };
+        let path = dir.join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let settings = Settings::load_for_sandbox(Some(&path), &BTreeMap::new(), &sandbox).unwrap();
+        assert_eq!(settings.suites.keys().collect::<Vec<_>>(), ["demo"]);
+        assert_eq!(settings.suites["demo"].corps[0].app, "demo-a");
+        assert!(settings.apps_file.is_none());
+        assert!(settings.callback.listen.ip().is_loopback());
+        assert_eq!(settings.callback.listen.port(), 0);
+    }
+
+    #[test]
+    fn an_apps_file_adds_apps_that_must_not_clash() {
+        let dir = dir("apps-file");
+        let apps = dir.join("apps.toml");
+        std::fs::write(&apps, "[[apps]]\nname = \"dkf\"\ncorp_id = \"ww-d\"\nsecret_env = \"DKF\"\n").unwrap();
+        let config = format!(
+            "default_app = \"main\"\napps_file = \"{}\"\n[[apps]]\nname = \"main\"\ncorp_id = \"ww\"\nsecret = \"s\"\n",
+            apps.display()
+        );
+        let settings = load(&dir, &config, &[("DKF", "dkf-secret")]).unwrap();
+        let file = settings.apps_file.as_ref().unwrap();
+        assert_eq!(file.apps["dkf"].secret.expose_secret(), "dkf-secret");
+        let (_, _, specs) = settings.adapter();
+        assert!(specs.iter().any(|s| s.name == "dkf" && s.group == APPS_FILE_GROUP));
+        assert_eq!(load(&dir, &config, &[]).unwrap_err().key, "apps_file: apps[0].secret_env");
+        std::fs::write(&apps, "[[apps]]\nname = \"main\"\ncorp_id = \"ww\"\nsecret = \"s\"\n").unwrap();
+        assert_eq!(load(&dir, &config, &[]).unwrap_err().key, "apps_file");
+    }
+}
