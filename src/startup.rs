@@ -447,30 +447,29 @@ type SpecsOf = Box<dyn Fn(Vec<u8>) -> Result<Vec<AppSpec>, String> + Send + Sync
 /// makes the apps they list the apps of their group: added, rebuilt when changed,
 /// removed when gone; a version that cannot be used is logged and the apps stay.
 fn watch_app_files(settings: &Settings, apps: &Arc<Apps>) {
-    let watch =
-        |what: &'static str,
-         path: &std::path::Path,
-         interval: Duration,
-         group: String,
-         specs: SpecsOf| {
-            // What it holds now was loaded with the configuration.
-            let seen = Snapshot::read(&[path.to_path_buf()]).map_or([0; 32], |s| s.digest);
-            reload::watch(
-                what,
-                vec![path.to_path_buf()],
-                interval,
-                seen,
-                Arc::downgrade(apps),
-                move |apps: &Apps, mut contents| {
-                    let specs = specs(contents.pop().unwrap_or_default())?;
-                    let changes = apps
-                        .replace_group(&group, specs)
-                        .map_err(|e| e.to_string())?;
-                    log_changes(&group, &changes);
-                    Ok(())
-                },
-            );
-        };
+    let watch = |what: &'static str,
+                 path: &std::path::Path,
+                 interval: Duration,
+                 group: String,
+                 specs: SpecsOf| {
+        // What it holds now was loaded with the configuration.
+        let seen = Snapshot::read(&[path.to_path_buf()]).map_or([0; 32], |s| s.digest);
+        reload::watch(
+            what,
+            vec![path.to_path_buf()],
+            interval,
+            seen,
+            Arc::downgrade(apps),
+            move |apps: &Apps, mut contents| {
+                let specs = specs(contents.pop().unwrap_or_default())?;
+                let changes = apps
+                    .replace_group(&group, specs)
+                    .map_err(|e| e.to_string())?;
+                log_changes(&group, &changes);
+                Ok(())
+            },
+        );
+    };
     for (name, suite) in &settings.suites {
         let Some(path) = &suite.corps_file else {
             continue;

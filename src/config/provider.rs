@@ -609,8 +609,10 @@ mod tests {
     fn load(dir: &Path, text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let path = dir.join("config.toml");
         std::fs::write(&path, text).unwrap();
-        let env: BTreeMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::load(Some(&path), &env)
     }
 
@@ -622,11 +624,17 @@ mod tests {
         let settings = load(&dir, &suite_config(&corps(&dir, TWO_CORPS), ""), ENV).unwrap();
         let suite = &settings.suites["acme"];
         assert_eq!(suite.secret.expose_secret(), "s3cret");
-        assert_eq!(suite.secret_origin, SecretOrigin::Env("SUITE_SECRET".to_owned()));
+        assert_eq!(
+            suite.secret_origin,
+            SecretOrigin::Env("SUITE_SECRET".to_owned())
+        );
         assert_eq!(suite.corps.len(), 2);
         let (_, suites, apps) = settings.adapter();
         assert_eq!(suites[0].suite_id, "ww-suite");
-        let names: Vec<_> = apps.iter().map(|a| (a.name.as_str(), a.group.as_str())).collect();
+        let names: Vec<_> = apps
+            .iter()
+            .map(|a| (a.name.as_str(), a.group.as_str()))
+            .collect();
         assert_eq!(
             names,
             [
@@ -634,7 +642,9 @@ mod tests {
                 ("shop-b", "the corps file of suite acme")
             ]
         );
-        assert!(matches!(&apps[1].credentials, AppCredentials::Suite { suite, .. } if suite == "acme"));
+        assert!(
+            matches!(&apps[1].credentials, AppCredentials::Suite { suite, .. } if suite == "acme")
+        );
         let shown = format!("{settings:?} {apps:?}");
         for secret in ["s3cret", "code-a", "CbTok9", AES_KEY] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
@@ -654,7 +664,10 @@ mod tests {
         assert_eq!(key(&no_corps, ENV), "suites[0].corps_file");
         let both = config.replace("token = \"CbTok9\"", "token = \"Tok\"\ntoken_env = \"T\"");
         assert_eq!(key(&both, ENV), "suites[0].token");
-        corps(&dir, "[[corps]]\napp = \"x\"\nauth_corpid = \"ww\"\npermanent_code = \" \"\n");
+        corps(
+            &dir,
+            "[[corps]]\napp = \"x\"\nauth_corpid = \"ww\"\npermanent_code = \" \"\n",
+        );
         let error = load(&dir, &config, ENV).unwrap_err();
         assert_eq!(error.key, "suites[0].corps_file");
         assert!(error.problem.contains("corps[0].permanent_code"), "{error}");
@@ -668,7 +681,8 @@ mod tests {
         let error = load(&dir, &config, ENV).unwrap_err();
         assert_eq!(error.key, "suites");
         assert!(error.problem.contains("shop-b"), "{error}");
-        let no_default = suite_config(&corps(&dir, TWO_CORPS), "").replace("default_app = \"shop-a\"", "");
+        let no_default =
+            suite_config(&corps(&dir, TWO_CORPS), "").replace("default_app = \"shop-a\"", "");
         assert_eq!(load(&dir, &no_default, ENV).unwrap_err().key, "default_app");
     }
 
@@ -683,9 +697,15 @@ mod tests {
         let vars = [("SUITE_SECRET", "s3cret"), ("AES", AES_KEY)];
         let first = load(&dir, &config, &vars).unwrap();
         let printed = first.to_toml();
-        assert!(printed.contains("suite_secret_env = \"SUITE_SECRET\""), "{printed}");
+        assert!(
+            printed.contains("suite_secret_env = \"SUITE_SECRET\""),
+            "{printed}"
+        );
         assert!(printed.contains("token = \"****\""), "{printed}");
-        assert!(!printed.contains(AES_KEY) && !printed.contains("CbTok9"), "{printed}");
+        assert!(
+            !printed.contains(AES_KEY) && !printed.contains("CbTok9"),
+            "{printed}"
+        );
         let second = load(&dir, &printed, &vars).unwrap();
         assert_eq!(second.to_toml(), printed, "printing is stable");
     }
@@ -725,7 +745,11 @@ mod tests {
     fn an_apps_file_adds_apps_that_must_not_clash() {
         let dir = dir("apps-file");
         let apps = dir.join("apps.toml");
-        std::fs::write(&apps, "[[apps]]\nname = \"dkf\"\ncorp_id = \"ww-d\"\nsecret_env = \"DKF\"\n").unwrap();
+        std::fs::write(
+            &apps,
+            "[[apps]]\nname = \"dkf\"\ncorp_id = \"ww-d\"\nsecret_env = \"DKF\"\n",
+        )
+        .unwrap();
         let config = format!(
             "default_app = \"main\"\napps_file = \"{}\"\n[[apps]]\nname = \"main\"\ncorp_id = \"ww\"\nsecret = \"s\"\n",
             apps.display()
@@ -734,9 +758,20 @@ mod tests {
         let file = settings.apps_file.as_ref().unwrap();
         assert_eq!(file.apps["dkf"].secret.expose_secret(), "dkf-secret");
         let (_, _, specs) = settings.adapter();
-        assert!(specs.iter().any(|s| s.name == "dkf" && s.group == APPS_FILE_GROUP));
-        assert_eq!(load(&dir, &config, &[]).unwrap_err().key, "apps_file: apps[0].secret_env");
-        std::fs::write(&apps, "[[apps]]\nname = \"main\"\ncorp_id = \"ww\"\nsecret = \"s\"\n").unwrap();
+        assert!(
+            specs
+                .iter()
+                .any(|s| s.name == "dkf" && s.group == APPS_FILE_GROUP)
+        );
+        assert_eq!(
+            load(&dir, &config, &[]).unwrap_err().key,
+            "apps_file: apps[0].secret_env"
+        );
+        std::fs::write(
+            &apps,
+            "[[apps]]\nname = \"main\"\ncorp_id = \"ww\"\nsecret = \"s\"\n",
+        )
+        .unwrap();
         assert_eq!(load(&dir, &config, &[]).unwrap_err().key, "apps_file");
     }
 }

@@ -647,15 +647,49 @@ mod tests {
     fn suite_and_corp_token_errors_have_reasons_of_their_own() {
         let reason = |status: &Status| status.get_details_error_info().unwrap().reason;
         for (endpoint, errcode, code, expected) in [
-            (Endpoint::GetSuiteToken, 40080, Code::FailedPrecondition, "SUITE_CREDENTIALS_REJECTED"),
-            (Endpoint::GetSuiteToken, 40083, Code::FailedPrecondition, "SUITE_CREDENTIALS_REJECTED"),
-            (Endpoint::GetCorpToken, 40084, Code::FailedPrecondition, "PERMANENT_CODE_REJECTED"),
-            (Endpoint::GetSuiteToken, 40085, Code::Unavailable, "SUITE_TICKET_INVALID"),
-            (Endpoint::GetCorpToken, 40082, Code::Unavailable, "SUITE_TOKEN_REJECTED"),
-            (Endpoint::GetCorpToken, 42009, Code::Unavailable, "SUITE_TOKEN_REJECTED"),
+            (
+                Endpoint::GetSuiteToken,
+                40080,
+                Code::FailedPrecondition,
+                "SUITE_CREDENTIALS_REJECTED",
+            ),
+            (
+                Endpoint::GetSuiteToken,
+                40083,
+                Code::FailedPrecondition,
+                "SUITE_CREDENTIALS_REJECTED",
+            ),
+            (
+                Endpoint::GetCorpToken,
+                40084,
+                Code::FailedPrecondition,
+                "PERMANENT_CODE_REJECTED",
+            ),
+            (
+                Endpoint::GetSuiteToken,
+                40085,
+                Code::Unavailable,
+                "SUITE_TICKET_INVALID",
+            ),
+            (
+                Endpoint::GetCorpToken,
+                40082,
+                Code::Unavailable,
+                "SUITE_TOKEN_REJECTED",
+            ),
+            (
+                Endpoint::GetCorpToken,
+                42009,
+                Code::Unavailable,
+                "SUITE_TOKEN_REJECTED",
+            ),
         ] {
             let status = api(endpoint, errcode);
-            assert_eq!((status.code(), reason(&status).as_str()), (code, expected), "{errcode}");
+            assert_eq!(
+                (status.code(), reason(&status).as_str()),
+                (code, expected),
+                "{errcode}"
+            );
             assert!(status.message().contains(&errcode.to_string()));
         }
         let missing = refuse(CallError::WeCom(

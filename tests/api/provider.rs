@@ -24,6 +24,7 @@ use wecom_kf_upgrade::{
     wecom::{Endpoint, suite::crypto::MsgCrypt},
 };
 
+use crate::fleet::RedisServer;
 use crate::helpers::{
     Client, EXTERNAL_USERID, TempDir, assert_status, for_app, init_test_logging, member_upgrade,
 };
@@ -63,6 +64,31 @@ async fn spawn_provider(corps: &[(&str, &str, &str)], extra_config: &str) -> Pro
         ..SandboxConfig::default()
     });
     let handle = sandbox.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let gateway = spawn_gateway(&handle, corps, extra_config).await;
+    sandbox.push_to(gateway.callback_url.clone());
+    Provider {
+        client: gateway.client,
+        sandbox,
+        callback_url: gateway.callback_url,
+        files: gateway.files,
+        _sandbox: handle,
+        _stop: gateway.stop,
+    }
+}
+
+/// A gateway with one suite, against the sandbox at `sandbox`.
+struct Gateway {
+    client: Client,
+    callback_url: String,
+    files: TempDir,
+    stop: oneshot::Sender<()>,
+}
+
+async fn spawn_gateway(
+    sandbox: &SandboxHandle,
+    corps: &[(&str, &str, &str)],
+    extra_config: &str,
+) -> Gateway {
     let files = TempDir::new("provider");
     let corps = files.write("corps.toml", corps_file(corps));
     let secret = files.write("suite_secret", format!("{DEMO_SUITE_SECRET}\n"));
@@ -88,7 +114,7 @@ listen = "127.0.0.1:0"
     );
     let path = files.write("config.toml", config);
     let env = BTreeMap::from([
-        ("WECOM_API_BASE".to_owned(), handle.base_url()),
+        ("WECOM_API_BASE".to_owned(), sandbox.base_url()),
         (
             "SUITE_CALLBACK_TOKEN".to_owned(),
             DEMO_CALLBACK_TOKEN.to_owned(),
@@ -109,18 +135,13 @@ listen = "127.0.0.1:0"
     tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let callback_url = format!("http://{callback}/suites/{SUITE}/callback");
-    sandbox.push_to(callback_url.clone());
-    let client = Client::connect(format!("http://{grpc_addr}"))
-        .await
-        .unwrap();
-    Provider {
-        client,
-        sandbox,
-        callback_url,
+    Gateway {
+        client: Client::connect(format!("http://{grpc_addr}"))
+            .await
+            .unwrap(),
+        callback_url: format!("http://{callback}/suites/{SUITE}/callback"),
         files,
-        _sandbox: handle,
-        _stop: stop,
+        stop,
     }
 }
 
@@ -491,4 +512,66 @@ async fn apps_of_the_apps_file_are_added_without_a_restart() {
     })
     .await;
     assert_eq!(provider.requests_to(Endpoint::GetToken).len(), 1);
+}
+
+// === a fleet ===
+
+/// How many clients Redis has connected.
+async fn redis_clients(url: &str) -> usize {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    list.lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_shares_the_ticket_the_suite_token_and_each_corp_token() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    init_test_logging();
+    let sandbox = Sandbox::new(SandboxConfig {
+        provider: SandboxProvider {
+            ticket_interval: Duration::from_secs(3600),
+            ..SandboxProvider::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let handle = sandbox.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let fleet = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    let replicas = [
+        spawn_gateway(&handle, &[CORP_A, CORP_B], &fleet).await,
+        spawn_gateway(&handle, &[CORP_A, CORP_B], &fleet).await,
+    ];
+    // Both replicas are connected (and this test's own connection).
+    for _ in 0..200 {
+        if redis_clients(&redis.url()).await >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // WeCom pushes the ticket to one replica; the other calls first.
+    sandbox.push_to(replicas[0].callback_url.clone());
+    sandbox.push_ticket().await.unwrap();
+    for (replica, (app, _, _)) in [(1, CORP_A), (0, CORP_A), (0, CORP_B), (1, CORP_B)] {
+        let mut client = replicas[replica].client.clone();
+        let mut request = member_upgrade("zhangsan", "");
+        request.external_userid = format!("wm-{app}-{replica}");
+        client
+            .upgrade_service(for_app(request, app))
+            .await
+            .unwrap_or_else(|status| panic!("replica {replica}, {app}: {status:?}"));
+    }
+    assert_eq!(sandbox.requests_to(Endpoint::GetSuiteToken.path()).len(), 1);
+    let mut corps: Vec<String> = sandbox
+        .requests_to(Endpoint::GetCorpToken.path())
+        .iter()
+        .map(|r| r.body["auth_corpid"].as_str().unwrap().to_owned())
+        .collect();
+    corps.sort();
+    assert_eq!(corps, [CORP_A.1, CORP_B.1]);
 }
