@@ -36,6 +36,7 @@ use serde::Deserialize;
 
 use crate::{
     config::{CallbackSettings, SuiteSettings},
+    telemetry::Metrics,
     wecom::{
         Apps,
         suite::{
@@ -53,6 +54,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Callbacks {
     apps: Apps,
+    metrics: Metrics,
     suites: BTreeMap<String, Receiver>,
     settings: CallbackSettings,
     seen: Mutex<Seen>,
@@ -61,6 +63,8 @@ pub struct Callbacks {
 #[derive(Debug)]
 struct Receiver {
     suite: Arc<Suite>,
+    /// Its name, as metrics label it.
+    label: Arc<str>,
     crypt: MsgCrypt,
     /// The receiver ids a URL check may carry: the suite id, and the provider's
     /// corp id when configured.
@@ -102,6 +106,20 @@ impl Refusal {
         }
     }
 
+    /// The outcome metrics count it as.
+    const fn outcome(self) -> &'static str {
+        match self {
+            Refusal::UnknownSuite => "unknown_suite",
+            Refusal::MissingQuery => "missing_query",
+            Refusal::Stale => "stale",
+            Refusal::Replayed => "replayed",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::WrongReceiver => "wrong_receiver",
+            Refusal::Malformed => "malformed",
+            Refusal::TooLarge => "too_large",
+        }
+    }
+
     const fn as_str(self) -> &'static str {
         match self {
             Refusal::UnknownSuite => "unknown suite",
@@ -140,6 +158,7 @@ impl Callbacks {
         apps: Apps,
         suites: &BTreeMap<String, SuiteSettings>,
         settings: CallbackSettings,
+        metrics: &Metrics,
     ) -> Self {
         let receivers = suites
             .iter()
@@ -155,6 +174,7 @@ impl Callbacks {
                 Some((
                     name.clone(),
                     Receiver {
+                        label: Arc::from(suite.name()),
                         suite,
                         crypt,
                         url_check_ids,
@@ -164,6 +184,7 @@ impl Callbacks {
             .collect();
         Self {
             apps,
+            metrics: metrics.clone(),
             suites: receivers,
             seen: Mutex::new(Seen::new(settings.max_remembered)),
             settings,
@@ -282,13 +303,12 @@ async fn verify_url(
     });
     match opened {
         Ok((receiver, echo)) => {
-            tracing::info!(
-                suite = receiver.suite.name(),
-                "callback URL verified by WeCom"
-            );
+            callbacks.counted(receiver, "url_verified");
+            let suite = receiver.suite.name();
+            tracing::info!(suite, "callback URL verified by WeCom");
             (StatusCode::OK, echo).into_response()
         }
-        Err(refusal) => refused(&suite, "URL check", refusal),
+        Err(refusal) => callbacks.refused(&suite, "URL check", refusal),
     }
 }
 
@@ -302,8 +322,8 @@ async fn receive(
     let limit = callbacks.settings.max_body_bytes;
     let body = match tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, limit)).await {
         Ok(Ok(body)) => body,
-        Ok(Err(_)) => return refused(&suite, "callback", Refusal::TooLarge),
-        Err(_) => return refused(&suite, "callback", Refusal::Malformed),
+        Ok(Err(_)) => return callbacks.refused(&suite, "callback", Refusal::TooLarge),
+        Err(_) => return callbacks.refused(&suite, "callback", Refusal::Malformed),
     };
     let encrypted = std::str::from_utf8(&body)
         .ok()
@@ -311,58 +331,79 @@ async fn receive(
         .and_then(|mut fields| fields.remove("Encrypt"))
         .filter(|encrypted| !encrypted.is_empty());
     let Some(encrypted) = encrypted else {
-        return refused(&suite, "callback", Refusal::Malformed);
+        return callbacks.refused(&suite, "callback", Refusal::Malformed);
     };
     let opened = callbacks.open(&suite, query, &encrypted, |r| vec![r.suite.suite_id()]);
     let (receiver, message) = match opened {
         Ok(opened) => opened,
-        Err(refusal) => return refused(&suite, "callback", refusal),
+        Err(refusal) => return callbacks.refused(&suite, "callback", refusal),
     };
-    let suite = &receiver.suite;
     let event = std::str::from_utf8(&message)
         .ok()
-        .and_then(|xml| SuiteEvent::parse(xml, suite.suite_id()).ok());
+        .and_then(|xml| SuiteEvent::parse(xml, receiver.suite.suite_id()).ok());
     let Some(event) = event else {
-        return refused(suite.name(), "callback", Refusal::Malformed);
+        return callbacks.refused(&suite, "callback", Refusal::Malformed);
     };
-    match event {
-        SuiteEvent::Ticket { ticket, issued_at } => {
-            let outcome = callbacks.apps.suite_ticket(suite, ticket, issued_at).await;
-            match outcome {
-                TicketOutcome::Stored => {
-                    tracing::info!(suite = suite.name(), issued_at, "suite_ticket received");
-                }
-                TicketOutcome::Older => tracing::info!(
-                    suite = suite.name(),
-                    issued_at,
-                    "suite_ticket older than the one held: ignored"
-                ),
-            }
-        }
-        SuiteEvent::Authorisation { info_type, corp_id } => tracing::warn!(
-            suite = suite.name(),
-            info_type,
-            corp_id,
-            "authorisation changed at WeCom: update the suite's corps file (auth_corpid and \
-             permanent_code) to match"
-        ),
-        SuiteEvent::Other { info_type } => {
-            tracing::info!(suite = suite.name(), info_type, "callback acknowledged");
-        }
-    }
+    callbacks.take(receiver, event).await;
     (StatusCode::OK, "success").into_response()
 }
 
-/// Logs a refused callback and answers it.
-fn refused(suite: &str, what: &'static str, refusal: Refusal) -> Response {
-    let suite: String = suite.chars().take(64).collect();
-    tracing::warn!(
-        suite,
-        what,
-        reason = refusal.as_str(),
-        "callback refused; nothing stored"
-    );
-    refusal.into_response()
+impl Callbacks {
+    /// Acts on an event that passed every check: a ticket is kept if it is the
+    /// newest; authorisation events are logged for the operator.
+    async fn take(&self, receiver: &Receiver, event: SuiteEvent) {
+        let suite = receiver.suite.name();
+        match event {
+            SuiteEvent::Ticket { ticket, issued_at } => {
+                let outcome = self
+                    .apps
+                    .suite_ticket(&receiver.suite, ticket, issued_at)
+                    .await;
+                if outcome == TicketOutcome::Stored {
+                    self.counted(receiver, "ticket_stored");
+                    tracing::info!(suite, issued_at, "suite_ticket received");
+                } else {
+                    self.counted(receiver, "ticket_older");
+                    tracing::info!(
+                        suite,
+                        issued_at,
+                        "suite_ticket older than the one held: ignored"
+                    );
+                }
+            }
+            SuiteEvent::Authorisation { info_type, corp_id } => {
+                self.counted(receiver, "event");
+                tracing::warn!(
+                    suite,
+                    info_type,
+                    corp_id,
+                    "authorisation changed at WeCom: update the suite's corps file \
+                     (auth_corpid and permanent_code) to match"
+                );
+            }
+            SuiteEvent::Other { info_type } => {
+                self.counted(receiver, "event");
+                tracing::info!(suite, info_type, "callback acknowledged");
+            }
+        }
+    }
+
+    fn counted(&self, receiver: &Receiver, outcome: &'static str) {
+        self.metrics.suite_callback(&receiver.label, outcome);
+    }
+
+    /// Logs and counts a refused callback, and answers it.
+    fn refused(&self, suite: &str, what: &'static str, refusal: Refusal) -> Response {
+        let label = match self.suites.get(suite) {
+            Some(receiver) => Arc::clone(&receiver.label),
+            None => Arc::from("unknown"),
+        };
+        self.metrics.suite_callback(&label, refusal.outcome());
+        let suite: String = suite.chars().take(64).collect();
+        let reason = refusal.as_str();
+        tracing::warn!(suite, what, reason, "callback refused; nothing stored");
+        refusal.into_response()
+    }
 }
 
 #[cfg(test)]

@@ -139,8 +139,12 @@ impl Application {
             None
         } else {
             let listener = bind("suite callbacks", settings.callback.listen).await?;
-            let callbacks =
-                Callbacks::new(apps.clone(), &settings.suites, settings.callback.clone());
+            let callbacks = Callbacks::new(
+                apps.clone(),
+                &settings.suites,
+                settings.callback.clone(),
+                &metrics,
+            );
             Some((Arc::new(callbacks), listener))
         };
         Ok(Self {

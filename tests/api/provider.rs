@@ -37,6 +37,7 @@ const CORP_B: (&str, &str, &str) = DEMO_CORPS[1];
 /// pushes no ticket until told.
 struct Provider {
     client: Client,
+    admin_addr: SocketAddr,
     sandbox: Arc<Sandbox>,
     callback_url: String,
     files: TempDir,
@@ -68,6 +69,7 @@ async fn spawn_provider(corps: &[(&str, &str, &str)], extra_config: &str) -> Pro
     sandbox.push_to(gateway.callback_url.clone());
     Provider {
         client: gateway.client,
+        admin_addr: gateway.admin_addr,
         sandbox,
         callback_url: gateway.callback_url,
         files: gateway.files,
@@ -79,6 +81,7 @@ async fn spawn_provider(corps: &[(&str, &str, &str)], extra_config: &str) -> Pro
 /// A gateway with one suite, against the sandbox at `sandbox`.
 struct Gateway {
     client: Client,
+    admin_addr: SocketAddr,
     callback_url: String,
     files: TempDir,
     stop: oneshot::Sender<()>,
@@ -127,7 +130,7 @@ listen = "127.0.0.1:0"
     settings.upstream.call_timeout = Duration::from_millis(5_000);
     settings.server.drain_delay = Duration::ZERO;
     let app = Application::build(settings).await.expect("gateway builds");
-    let grpc_addr = app.grpc_addr();
+    let (grpc_addr, admin_addr) = (app.grpc_addr(), app.admin_addr());
     let callback: SocketAddr = app
         .callback_addr()
         .expect("a suite opens the callback port");
@@ -136,6 +139,7 @@ listen = "127.0.0.1:0"
         let _ = stopped.await;
     }));
     Gateway {
+        admin_addr,
         client: Client::connect(format!("http://{grpc_addr}"))
             .await
             .unwrap(),
@@ -398,6 +402,27 @@ async fn bad_replayed_stale_or_malformed_callbacks_are_refused_with_nothing_stor
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "SUITE_TICKET_INVALID");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", provider.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (suite, outcome, count) in [
+        (SUITE, "bad_signature", 1),
+        (SUITE, "stale", 2),
+        (SUITE, "wrong_receiver", 1),
+        (SUITE, "malformed", 1),
+        (SUITE, "replayed", 1),
+        (SUITE, "ticket_stored", 1),
+        ("unknown", "unknown_suite", 1),
+    ] {
+        let line = format!(
+            "wecom_kf_upgrade_suite_callbacks_total{{suite=\"{suite}\",outcome=\"{outcome}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+    }
 }
 
 #[tokio::test]
