@@ -222,6 +222,32 @@ mod tests {
         assert_eq!(opened.receive_id, RECEIVE_ID);
     }
 
+    /// WeCom's XML samples (the C#, PHP and Python `WXBizMsgCrypt` samples): the
+    /// POST of a message, envelope and all.
+    #[test]
+    fn the_official_xml_callback_verifies_decrypts_and_reads() {
+        let posted = "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName><Encrypt><![CDATA[RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zEPeusUiX5L5X/0lWfrf0QADHHhGd3QczcdCUpj911L3vg3W/sYYvuJTs3TUUkSUXxaccAS0qhxchrRYt66wiSpGLYL42aM6A8dTT+6k4aSknmPj48kzJs8qLjvd4Xgpue06DOdnLxAUHzM6+kDZ+HMZfJYuR+LtwGc2hgf5gsijff0ekUNXZiqATP7PF5mZxZ3Izoun1s4zG4LUMnvw2r+KqCKIw+3IQH03v+BCA9nMELNqbSf6tiWSrXJB3LAVGUcallcrw8V2t9EL4EhzJWrQUax5wLVMNS0+rUPA3k22Ncx4XXZS9o0MBH27Bo6BpNelZpS+/uh9KsNlY6bHCmJU9p8g7m3fVKn28H3KDYA5Pl/T8Z1ptDAVe0lXdQ2YoyyH2uyPIGHBZZIs2pDBS8R07+qN+E7Q==]]></Encrypt>\n<AgentID><![CDATA[218]]></AgentID>\n</xml>";
+        let envelope = super::super::event::fields(posted).unwrap();
+        let opened = crypt()
+            .open(
+                "477715d11cdb4164915debcba66cb864d751f3e6",
+                "1409659813",
+                "1372623149",
+                &envelope["Encrypt"],
+            )
+            .unwrap();
+        assert_eq!(opened.receive_id, RECEIVE_ID);
+        let message = super::super::event::fields(std::str::from_utf8(&opened.message).unwrap())
+            .unwrap();
+        assert_eq!(message["ToUserName"], RECEIVE_ID);
+        assert_eq!(message["FromUserName"], "mycreate");
+        assert_eq!(message["CreateTime"], "1409659813");
+        assert_eq!(message["MsgType"], "text");
+        assert_eq!(message["Content"], "hello");
+        assert_eq!(message["MsgId"], "4561255354251345929");
+        assert_eq!(message["AgentID"], "218");
+    }
+
     #[test]
     fn the_official_signature_is_computed_the_same() {
         assert_eq!(
