@@ -94,6 +94,10 @@ struct SandboxArgs {
     /// Lifetime of issued access tokens, seconds (WeCom: 7200).
     #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     token_ttl_secs: u64,
+    /// Push the demo suite's tickets to this callback URL (a gateway's
+    /// `http://HOST:9466/suites/NAME/callback`), at start and every ten minutes.
+    #[arg(long)]
+    push_tickets_to: Option<url::Url>,
 }
 
 #[derive(Debug, Args)]
@@ -295,7 +299,12 @@ async fn sandbox(args: SandboxArgs) -> Result<(), CommandError> {
         "WeCom sandbox serving (demo credentials, not secrets)"
     );
     let mut signals = ShutdownSignals::new();
-    Sandbox::new(config)
+    let sandbox = Sandbox::new(config);
+    let _pushing = args.push_tickets_to.map(|url| {
+        tracing::info!(callback = %url, "pushing the demo suite's tickets");
+        AbortOnDrop(sandbox.start_pushing(url.to_string()))
+    });
+    sandbox
         .serve(listener, async move { signals.recv().await })
         .await
         .map_err(CommandError::run)

@@ -5,6 +5,10 @@
 //! with a fresh token after a token error, bounded jittered retries after `-1`,
 //! HTTP 5xx and transport errors, nothing else. The adapter knows nothing of the
 //! gateway's configuration: it takes [`AdapterSettings`] and [`AppSpec`]s.
+//!
+//! An app's token comes from `gettoken`, or, for a corp that authorised a
+//! third-party suite, from `get_corp_token` with the token of the suite
+//! ([`suite`]), which WeCom's pushed `suite_ticket` opens.
 
 mod api;
 mod client;

@@ -237,8 +237,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(opened.receive_id, RECEIVE_ID);
-        let message = super::super::event::fields(std::str::from_utf8(&opened.message).unwrap())
-            .unwrap();
+        let message =
+            super::super::event::fields(std::str::from_utf8(&opened.message).unwrap()).unwrap();
         assert_eq!(message["ToUserName"], RECEIVE_ID);
         assert_eq!(message["FromUserName"], "mycreate");
         assert_eq!(message["CreateTime"], "1409659813");
