@@ -11,7 +11,9 @@
 //! - `load`: the pipeline above;
 //! - `validate`: names, URLs and bounds;
 //! - `units`: durations as milliseconds or seconds in the file;
-//! - `redis`: the optional Redis of a fleet of replicas.
+//! - `redis`: the optional Redis of a fleet of replicas;
+//! - `provider`: third-party suites, their corps files, the callback endpoint, and
+//!   the apps file (both files re-read while serving).
 //!
 //! TLS files and the callers file are read while loading, so that a bad one is a
 //! configuration error naming its key; the gateway re-reads them when they change.
