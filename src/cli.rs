@@ -1,6 +1,6 @@
 //! The command line: `serve`, `sandbox`, `health`, `check-config`, `caller add`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
@@ -11,8 +11,11 @@ use tonic_health::pb::{
 
 use crate::{
     auth::new_caller,
-    config::{ConfigError, ProcessEnv, SandboxApp, Settings},
-    sandbox::{DEMO_CORP_ID, DEMO_SECRET, Sandbox, SandboxConfig},
+    config::{ConfigError, ProcessEnv, SandboxApp, SandboxSuite, Settings},
+    sandbox::{
+        DEMO_CALLBACK_TOKEN, DEMO_CORP_ID, DEMO_CORPS, DEMO_ENCODING_AES_KEY, DEMO_SECRET,
+        DEMO_SUITE_ID, DEMO_SUITE_SECRET, Sandbox, SandboxConfig,
+    },
     signal::ShutdownSignals,
     startup::Application,
     telemetry::ErrorChain,
@@ -91,6 +94,10 @@ struct SandboxArgs {
     /// Lifetime of issued access tokens, seconds (WeCom: 7200).
     #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     token_ttl_secs: u64,
+    /// Push the demo suite's tickets to this callback URL (a gateway's
+    /// `http://HOST:9466/suites/NAME/callback`), at start and every ten minutes.
+    #[arg(long)]
+    push_tickets_to: Option<url::Url>,
 }
 
 #[derive(Debug, Args)]
@@ -197,16 +204,16 @@ async fn serve(args: ServeArgs) -> Result<(), CommandError> {
     let file = args.config.config.as_deref();
     // Kept alive for as long as the gateway runs.
     let mut _sandbox = None;
+    let mut sandbox = None;
     let mut settings = if args.sandbox {
-        let handle = Sandbox::new(SandboxConfig::default())
-            .spawn(args.sandbox_listen)
-            .await
-            .map_err(|e| {
-                CommandError::run(format!(
-                    "cannot start the sandbox on {}: {e}",
-                    args.sandbox_listen
-                ))
-            })?;
+        let simulator = Sandbox::new(SandboxConfig::default());
+        sandbox = Some(Arc::clone(&simulator));
+        let handle = simulator.spawn(args.sandbox_listen).await.map_err(|e| {
+            CommandError::run(format!(
+                "cannot start the sandbox on {}: {e}",
+                args.sandbox_listen
+            ))
+        })?;
         tracing::info!(
             base_url = %handle.base_url(),
             corp_id = DEMO_CORP_ID,
@@ -217,6 +224,19 @@ async fn serve(args: ServeArgs) -> Result<(), CommandError> {
             api_base: handle.base_url(),
             corp_id: DEMO_CORP_ID.to_owned(),
             secret: DEMO_SECRET.to_owned(),
+            suite: Some(SandboxSuite {
+                name: DEMO_SUITE.to_owned(),
+                suite_id: DEMO_SUITE_ID.to_owned(),
+                suite_secret: DEMO_SUITE_SECRET.to_owned(),
+                callback_token: DEMO_CALLBACK_TOKEN.to_owned(),
+                encoding_aes_key: DEMO_ENCODING_AES_KEY.to_owned(),
+                corps: DEMO_CORPS
+                    .iter()
+                    .map(|(app, corp, code)| {
+                        ((*app).to_owned(), (*corp).to_owned(), (*code).to_owned())
+                    })
+                    .collect(),
+            }),
         };
         _sandbox = Some(handle);
         Settings::load_for_sandbox(file, &ProcessEnv, &demo)?
@@ -232,6 +252,21 @@ async fn serve(args: ServeArgs) -> Result<(), CommandError> {
     let app = Application::build(settings)
         .await
         .map_err(CommandError::run)?;
+    // The sandbox plays WeCom's side of the demo suite: it pushes suite tickets to
+    // the callback endpoint now and every ten minutes.
+    let _pushing = sandbox.zip(app.callback_addr()).map(|(sandbox, mut addr)| {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let url = format!("http://{addr}/suites/{DEMO_SUITE}/callback");
+        tracing::info!(
+            suite = DEMO_SUITE,
+            apps = ?DEMO_CORPS.map(|(app, _, _)| app),
+            callback = %url,
+            "sandbox suite: pushing suite tickets to the callback endpoint"
+        );
+        AbortOnDrop(sandbox.start_pushing(url))
+    });
     let mut signals = ShutdownSignals::new();
     let shutdown = async move {
         signals.recv().await;
@@ -264,10 +299,27 @@ async fn sandbox(args: SandboxArgs) -> Result<(), CommandError> {
         "WeCom sandbox serving (demo credentials, not secrets)"
     );
     let mut signals = ShutdownSignals::new();
-    Sandbox::new(config)
+    let sandbox = Sandbox::new(config);
+    let _pushing = args.push_tickets_to.map(|url| {
+        tracing::info!(callback = %url, "pushing the demo suite's tickets");
+        AbortOnDrop(sandbox.start_pushing(url.to_string()))
+    });
+    sandbox
         .serve(listener, async move { signals.recv().await })
         .await
         .map_err(CommandError::run)
+}
+
+/// The name of the sandbox's demo suite in `serve --sandbox`.
+const DEMO_SUITE: &str = "demo-suite";
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Prints the configuration as TOML that loads back with `--config`.

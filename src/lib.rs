@@ -6,6 +6,7 @@
 //! - [`auth`]: who is calling (bearer token or client certificate) and which apps it may use.
 //! - [`tls`]: TLS and mTLS on the gRPC port, certificates reloaded when their files change.
 //! - `reload`: files re-read when their contents change.
+//! - [`callback`]: the endpoint WeCom pushes third-party suites' tickets to.
 //! - [`domain`]: validated requests (`OpenKfId`, `UserId`, `Wording`…).
 //! - [`grpc`]: the edge: straight-line handlers, each call's budget and outcome (its
 //!   span, metrics and one log line), and one mapping from an edge error to its status
@@ -29,6 +30,7 @@
 )]
 
 pub mod auth;
+pub mod callback;
 pub mod cli;
 pub mod config;
 pub mod domain;

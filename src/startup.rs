@@ -24,12 +24,18 @@ use tonic_health::ServingStatus;
 
 use crate::{
     auth::Access,
+    callback::Callbacks,
+    config::{
+        APPS_FILE_GROUP, ProcessEnv, app_specs, corp_specs, corps_group, parse_apps_file,
+        parse_corps,
+    },
     config::{Settings, is_cleartext_remote, is_exposed},
     grpc::{self, CallLimits, CustomerUpgradeServiceServer, Cutoff, UpgradeGateway, pb},
     listener::{Incoming, ListenerSettings},
+    reload::{self, Snapshot},
     telemetry::{Metrics, redacted},
     tls::{TlsAcceptor, TlsError},
-    wecom::Apps,
+    wecom::{AppChanges, AppSpec, Apps, AppsError},
 };
 
 /// Why the gateway could not start or stopped with an error.
@@ -45,9 +51,9 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP client for WeCom could not be built (TLS set-up).
-    #[error("cannot build the WeCom HTTP client: {0}")]
-    HttpClient(#[from] rustls::Error),
+    /// The WeCom clients could not be built (the HTTP client's TLS set-up).
+    #[error("cannot set up the WeCom apps: {0}")]
+    Apps(#[from] AppsError),
     /// The gRPC port's TLS files cannot be used.
     #[error("cannot set up TLS on the gRPC port: {0}")]
     Tls(#[from] TlsError),
@@ -67,6 +73,10 @@ pub enum StartupError {
 pub struct Application {
     settings: Settings,
     apps: Apps,
+    /// The endpoint WeCom pushes suite tickets to, when a suite is configured.
+    callbacks: Option<(Arc<Callbacks>, TcpListener)>,
+    /// Keeps the watchers of the corps files and the apps file running.
+    _watched: Arc<Apps>,
     access: Access,
     tls: Option<Arc<TlsAcceptor>>,
     metrics: Metrics,
@@ -91,16 +101,27 @@ impl Application {
         if let Some(warning) = is_exposed(&settings) {
             tracing::warn!(listen = %settings.listen, "INSECURE: {warning}");
         }
-        let (adapter, specs) = settings.adapter();
+        let (adapter, suites, specs) = settings.adapter();
         let metrics = Metrics::new();
-        let apps = Apps::new(&adapter, specs, settings.default_app.clone(), &metrics)?;
+        let apps = Apps::new(
+            &adapter,
+            suites,
+            specs,
+            settings.default_app.clone(),
+            &metrics,
+        )?;
+        let watched = Arc::new(apps.clone());
+        watch_app_files(&settings, &watched);
         let access = match &settings.auth {
-            Some(auth) => Access::from_file(
-                auth.callers.clone(),
-                auth.callers_file.clone(),
-                auth.reload_interval,
-                settings.apps.keys().cloned().collect(),
-            ),
+            Some(auth) => {
+                let apps = apps.clone();
+                Access::from_file(
+                    auth.callers.clone(),
+                    auth.callers_file.clone(),
+                    auth.reload_interval,
+                    move |app| apps.get(app).is_some(),
+                )
+            }
             None => Access::open(),
         };
         let tls = match &settings.tls {
@@ -114,9 +135,23 @@ impl Application {
         };
         let grpc = bind("gRPC", settings.listen).await?;
         let admin = bind("admin HTTP", settings.admin_listen).await?;
+        let callbacks = if settings.suites.is_empty() {
+            None
+        } else {
+            let listener = bind("suite callbacks", settings.callback.listen).await?;
+            let callbacks = Callbacks::new(
+                apps.clone(),
+                &settings.suites,
+                settings.callback.clone(),
+                &metrics,
+            );
+            Some((Arc::new(callbacks), listener))
+        };
         Ok(Self {
             settings,
             apps,
+            callbacks,
+            _watched: watched,
             access,
             tls,
             metrics,
@@ -128,6 +163,17 @@ impl Application {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    /// The bound address of the suites' callback endpoint, if a suite is configured.
+    pub fn callback_addr(&self) -> Option<SocketAddr> {
+        let (_, listener) = self.callbacks.as_ref()?;
+        listener.local_addr().ok()
+    }
+
+    /// The gateway's apps (those of its configuration and files, and its suites).
+    pub fn apps(&self) -> &Apps {
+        &self.apps
     }
 
     /// The gateway's metrics, as `/metrics` serves them.
@@ -152,6 +198,7 @@ impl Application {
     ) -> Result<(), StartupError> {
         let grpc_addr = self.grpc_addr();
         let admin_addr = self.admin_addr();
+        let callback_addr = self.callback_addr();
         let server_settings = self.settings.server.clone();
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -209,6 +256,18 @@ impl Application {
             }
         });
 
+        let (stop_callbacks, callbacks_stopped) = tokio::sync::oneshot::channel::<()>();
+        let callbacks = self.callbacks.map(|(callbacks, listener)| {
+            let server = axum::serve(listener, callbacks.router()).with_graceful_shutdown(async {
+                let _ = callbacks_stopped.await;
+            });
+            tokio::spawn(async move {
+                if let Err(error) = server.await {
+                    tracing::error!(%error, "suite callback server failed");
+                }
+            })
+        });
+
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
         // gRPC and, for callers without it, the same calls as HTTP/JSON: one port,
         // so TLS, limits and probes are set up once.
@@ -262,7 +321,7 @@ impl Application {
             None => "off",
         };
         let caller_auth = self.access.enforced();
-        tracing::info!(%grpc_addr, %admin_addr, tls, caller_auth, "gateway serving");
+        tracing::info!(%grpc_addr, %admin_addr, ?callback_addr, tls, caller_auth, "gateway serving");
 
         tokio::select! {
             () = shutdown => {}
@@ -326,6 +385,12 @@ impl Application {
         // The admin server waits for its connections too; a half-sent request must
         // not keep the process alive.
         let _ = stop_admin.send(());
+        let _ = stop_callbacks.send(());
+        if let Some(mut callbacks) = callbacks
+            && tokio::time::timeout(grace, &mut callbacks).await.is_err()
+        {
+            callbacks.abort();
+        }
         let mut admin = admin;
         if tokio::time::timeout(grace, &mut admin).await.is_err() {
             admin.abort();
@@ -377,4 +442,76 @@ fn admin_router(ready: Arc<AtomicBool>, metrics: Metrics) -> Router {
                 }
             }),
         )
+}
+
+/// Reads the apps a changed file lists, or says why it cannot be used.
+type SpecsOf = Box<dyn Fn(Vec<u8>) -> Result<Vec<AppSpec>, String> + Send + Sync>;
+
+/// Re-reads each suite's corps file and the apps file when they change, and
+/// makes the apps they list the apps of their group: added, rebuilt when changed,
+/// removed when gone; a version that cannot be used is logged and the apps stay.
+fn watch_app_files(settings: &Settings, apps: &Arc<Apps>) {
+    let watch = |what: &'static str,
+                 path: &std::path::Path,
+                 interval: Duration,
+                 group: String,
+                 specs: SpecsOf| {
+        // What it holds now was loaded with the configuration.
+        let seen = Snapshot::read(&[path.to_path_buf()]).map_or([0; 32], |s| s.digest);
+        reload::watch(
+            what,
+            vec![path.to_path_buf()],
+            interval,
+            seen,
+            Arc::downgrade(apps),
+            move |apps: &Apps, mut contents| {
+                let specs = specs(contents.pop().unwrap_or_default())?;
+                let changes = apps
+                    .replace_group(&group, specs)
+                    .map_err(|e| e.to_string())?;
+                log_changes(&group, &changes);
+                Ok(())
+            },
+        );
+    };
+    for (name, suite) in &settings.suites {
+        let Some(path) = &suite.corps_file else {
+            continue;
+        };
+        let (name, suite_settings) = (name.clone(), suite.clone());
+        watch(
+            "suite corps",
+            path,
+            suite.reload_interval,
+            corps_group(&name),
+            Box::new(move |bytes| {
+                let corps = parse_corps(&bytes)?;
+                Ok(corp_specs(&name, &suite_settings, &corps))
+            }),
+        );
+    }
+    if let Some(file) = &settings.apps_file {
+        let api_base = file.api_base.clone();
+        watch(
+            "apps",
+            &file.path,
+            file.reload_interval,
+            APPS_FILE_GROUP.to_owned(),
+            Box::new(move |bytes| {
+                let apps =
+                    parse_apps_file(&bytes, &ProcessEnv, &api_base).map_err(|e| e.to_string())?;
+                Ok(app_specs(&apps, APPS_FILE_GROUP))
+            }),
+        );
+    }
+}
+
+fn log_changes(group: &str, changes: &AppChanges) {
+    tracing::info!(
+        from = group,
+        added = ?changes.added,
+        changed = ?changes.changed,
+        removed = ?changes.removed,
+        "apps reloaded"
+    );
 }

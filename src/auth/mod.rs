@@ -7,7 +7,7 @@
 
 mod callers;
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use tonic::{metadata::MetadataMap, transport::CertificateDer};
@@ -91,13 +91,14 @@ impl Access {
     }
 
     /// Callers from `callers`, re-read from `path` every `reload_interval`; a
-    /// version that does not load (or names an app not in `apps`) is logged and
+    /// version that does not load (or names an app for which `is_app` is false: apps
+    /// may come and go while the gateway runs) is logged and
     /// the previous one stays.
     pub fn from_file(
         callers: Callers,
         path: PathBuf,
         reload_interval: Duration,
-        apps: BTreeSet<String>,
+        is_app: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Self {
         let seen = callers.source;
         let current = Arc::new(ArcSwap::from_pointee(callers));
@@ -109,8 +110,7 @@ impl Access {
             Arc::downgrade(&current),
             move |current: &ArcSwap<Callers>, mut contents| {
                 let bytes = contents.pop().unwrap_or_default();
-                let callers =
-                    Callers::parse(&bytes, &|app| apps.contains(app)).map_err(|e| e.to_string())?;
+                let callers = Callers::parse(&bytes, &is_app).map_err(|e| e.to_string())?;
                 tracing::info!(callers = callers.len(), "callers file reloaded");
                 current.store(Arc::new(callers));
                 Ok(())

@@ -41,3 +41,7 @@ pub(super) const TLS_KEY_FILE: &str = "WECOM_TLS_KEY_FILE";
 pub(super) const TLS_CLIENT_CA_FILE: &str = "WECOM_TLS_CLIENT_CA_FILE";
 /// The callers file: caller authentication when set.
 pub(super) const CALLERS_FILE: &str = "WECOM_CALLERS_FILE";
+/// Where the callback endpoint WeCom pushes suite tickets to listens.
+pub(super) const CALLBACK_LISTEN: &str = "WECOM_CALLBACK_LISTEN";
+/// The apps file: more apps, re-read when it changes (代开发 apps).
+pub(super) const APPS_FILE: &str = "WECOM_APPS_FILE";

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ConfigError, LimitSettings, SecretOrigin, ServerSettings, Settings, TokenSettings,
     UpstreamSettings,
+    provider::{FileCallback, FileSuite, RenderedSuite},
     redis::{FileRedis, RenderedRedis},
     validate::{is_cleartext_remote, is_exposed},
 };
@@ -33,6 +34,11 @@ pub(super) struct FileSettings {
     pub(super) tls: FileTls,
     pub(super) auth: FileAuth,
     pub(super) redis: FileRedis,
+    pub(super) suites: Vec<FileSuite>,
+    pub(super) callback: FileCallback,
+    /// More apps, in a file of their own that is re-read when it changes.
+    pub(super) apps_file: Option<PathBuf>,
+    pub(super) apps_reload_interval_ms: Option<u64>,
 }
 
 /// `[tls]` as written, and as printed when TLS is on.
@@ -99,6 +105,10 @@ struct Rendered<'a> {
     listen: SocketAddr,
     admin_listen: SocketAddr,
     default_app: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apps_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apps_reload_interval_ms: Option<u64>,
     apps: Vec<RenderedApp<'a>>,
     upstream: &'a UpstreamSettings,
     token: &'a TokenSettings,
@@ -110,6 +120,10 @@ struct Rendered<'a> {
     auth: Option<FileAuth>,
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<RenderedRedis>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    suites: Vec<RenderedSuite<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback: Option<FileCallback>,
 }
 
 #[derive(Serialize)]
@@ -184,6 +198,17 @@ pub(super) fn render(settings: &Settings) -> String {
             reload_interval_ms: Some(millis(auth.reload_interval)),
         }),
         redis: settings.redis.as_ref().map(|redis| redis.rendered()),
+        apps_file: settings.apps_file.as_ref().map(|file| file.path.as_path()),
+        apps_reload_interval_ms: settings
+            .apps_file
+            .as_ref()
+            .map(|file| millis(file.reload_interval)),
+        suites: settings
+            .suites
+            .iter()
+            .map(|(name, suite)| RenderedSuite::new(name, suite))
+            .collect(),
+        callback: (!settings.suites.is_empty()).then(|| settings.callback.rendered()),
     };
     // Strings, integers, tables and arrays of tables, with every table after the
     // plain keys: nothing TOML cannot represent.

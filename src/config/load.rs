@@ -20,6 +20,7 @@ use super::{
     Settings, TlsSettings,
     env::{self, Environment},
     file::{self, FileApp, FileSettings},
+    provider::{AppsFileSettings, CallbackSettings, SandboxSuite, SuitePlan, parse_apps_file},
     validate,
 };
 use crate::{
@@ -43,30 +44,50 @@ pub struct SandboxApp {
     pub corp_id: String,
     /// The secret it accepts (not a secret: it only opens the sandbox).
     pub secret: String,
+    /// Its demo suite and authorised corps, if it plays a 服务商's WeCom too.
+    pub suite: Option<SandboxSuite>,
 }
 
 /// A value, or the error it causes if nothing later replaces it.
 type Given<T> = Result<T, ConfigError>;
 
-/// Where an app's secret is to be read from.
-enum SecretRef {
+/// Where a secret is to be read from.
+pub(super) enum SecretRef {
     Inline(SecretString),
     File(PathBuf),
     Env(String),
 }
 
+impl From<SecretString> for SecretRef {
+    fn from(secret: SecretString) -> Self {
+        SecretRef::Inline(secret)
+    }
+}
+
+impl From<PathBuf> for SecretRef {
+    fn from(path: PathBuf) -> Self {
+        SecretRef::File(path)
+    }
+}
+
+impl From<String> for SecretRef {
+    fn from(var: String) -> Self {
+        SecretRef::Env(var)
+    }
+}
+
 /// A secret reference and the key that gave it, to name in errors.
-struct SecretSpec {
+pub(super) struct SecretSpec {
     source: SecretRef,
     key: String,
 }
 
 /// An app as configured so far: nothing read yet.
-struct AppPlan {
-    corp_id: Given<String>,
-    secret: Given<SecretSpec>,
+pub(super) struct AppPlan {
+    pub(super) corp_id: Given<String>,
+    pub(super) secret: Given<SecretSpec>,
     /// `None`: the shared base.
-    api_base: Option<Given<Url>>,
+    pub(super) api_base: Option<Given<Url>>,
 }
 
 /// A file the configuration names, and the key that named it.
@@ -89,6 +110,11 @@ struct Plan {
     api_base: Given<Url>,
     /// In the file's order, so that errors are reported in it.
     apps: Vec<(String, AppPlan)>,
+    suites: Vec<(String, SuitePlan)>,
+    callback_listen: Option<SocketAddr>,
+    apps_file: Option<NamedFile>,
+    /// A bad `WECOM_CALLBACK_LISTEN`, reported when the plan resolves.
+    callback_error: Option<ConfigError>,
     file: FileSettings,
 }
 
@@ -144,7 +170,22 @@ impl Plan {
             "api_base",
         );
         let named = |path: Option<PathBuf>, key| path.map(|path| NamedFile { path, key });
+        let mut suites: Vec<(String, SuitePlan)> = Vec::new();
+        for (i, suite) in std::mem::take(&mut file.suites).into_iter().enumerate() {
+            let (name, plan) = SuitePlan::from_file(suite, i)?;
+            if suites.iter().any(|(other, _)| *other == name) {
+                return Err(ConfigError::new(
+                    format!("suites[{i}].name"),
+                    format!("`{name}` names two suites; suite names must be unique"),
+                ));
+            }
+            suites.push((name, plan));
+        }
         Ok(Self {
+            suites,
+            callback_listen: None,
+            callback_error: None,
+            apps_file: named(file.apps_file.take(), "apps_file"),
             listen: file.listen,
             admin_listen: file.admin_listen,
             tls_cert: named(file.tls.cert_file.take(), "tls.cert_file"),
@@ -165,11 +206,24 @@ impl Plan {
         if let Some(base) = env.var(env::API_BASE) {
             self.api_base = validate::api_base(&base, env::API_BASE);
         }
+        if let Some(listen) = env.var(env::CALLBACK_LISTEN) {
+            match listen.parse() {
+                Ok(listen) => self.callback_listen = Some(listen),
+                Err(_) => {
+                    // Kept as the error it causes: reported once the plan resolves.
+                    self.callback_error = Some(ConfigError::new(
+                        env::CALLBACK_LISTEN,
+                        "is not an address like 0.0.0.0:9466",
+                    ));
+                }
+            }
+        }
         let files = [
             (&mut self.tls_cert, env::TLS_CERT_FILE),
             (&mut self.tls_key, env::TLS_KEY_FILE),
             (&mut self.tls_client_ca, env::TLS_CLIENT_CA_FILE),
             (&mut self.callers_file, env::CALLERS_FILE),
+            (&mut self.apps_file, env::APPS_FILE),
         ];
         for (file, key) in files {
             if let Some(path) = env.var(key) {
@@ -207,13 +261,22 @@ impl Plan {
         }
     }
 
-    /// Every app becomes the sandbox's demo app, and the default app exists. A
-    /// demo listens on loopback unless an address was given.
+    /// Every app becomes the sandbox's demo app, and the default app exists; every
+    /// suite becomes the sandbox's demo suite, and the apps file is left unread.
+    /// A demo listens on loopback unless an address was given (its callback
+    /// endpoint on any free port: only the embedded sandbox posts to it).
     fn swap_in(&mut self, sandbox: &SandboxApp) {
         let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         self.listen.get_or_insert(loopback(GRPC_PORT));
         self.admin_listen.get_or_insert(loopback(ADMIN_PORT));
+        self.callback_listen.get_or_insert(loopback(0));
         let api_base = validate::api_base(&sandbox.api_base, "--sandbox");
+        self.apps_file = None;
+        self.suites = sandbox
+            .suite
+            .iter()
+            .map(|suite| (suite.name.clone(), SuitePlan::demo(suite, api_base.clone())))
+            .collect();
         let demo = || AppPlan {
             corp_id: Ok(sandbox.corp_id.clone()),
             secret: Ok(SecretSpec {
@@ -263,7 +326,66 @@ impl Plan {
             };
             apps.insert(name, app);
         }
-        if apps.is_empty() {
+        if let Some(error) = self.callback_error {
+            return Err(error);
+        }
+        let mut suites = BTreeMap::new();
+        for (name, plan) in self.suites {
+            let suite = plan.resolve(&name, env, &self.api_base)?;
+            suites.insert(name, suite);
+        }
+        let apps_file = match self.apps_file {
+            Some(NamedFile { path, key }) => {
+                let api_base = self.api_base.clone()?;
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    ConfigError::new(key, format!("cannot read {}: {e}", path.display()))
+                })?;
+                let file_apps = parse_apps_file(&bytes, env, &api_base)?;
+                let reload_interval = self
+                    .file
+                    .apps_reload_interval_ms
+                    .map_or(RELOAD_INTERVAL, Duration::from_millis);
+                Some(AppsFileSettings {
+                    path,
+                    reload_interval,
+                    api_base,
+                    apps: file_apps,
+                })
+            }
+            None => None,
+        };
+        // Every app name, wherever it is configured, is unique.
+        let mut owner: BTreeMap<&str, String> = apps
+            .keys()
+            .map(|name| (name.as_str(), "apps".to_owned()))
+            .collect();
+        let others = suites
+            .iter()
+            .flat_map(|(suite, s)| {
+                s.corps
+                    .iter()
+                    .map(move |c| (c.app.as_str(), format!("the corps of suite {suite}")))
+            })
+            .chain(apps_file.iter().flat_map(|file| {
+                file.apps
+                    .keys()
+                    .map(|name| (name.as_str(), "apps_file".to_owned()))
+            }));
+        for (name, place) in others {
+            if let Some(first) = owner.insert(name, place.clone()) {
+                return Err(ConfigError::new(
+                    if place == "apps_file" {
+                        "apps_file"
+                    } else {
+                        "suites"
+                    },
+                    format!(
+                        "app `{name}` is configured in {first} and in {place}; app names must be unique"
+                    ),
+                ));
+            }
+        }
+        if owner.is_empty() {
             return Err(ConfigError::new(
                 env::CORP_ID,
                 "no WeCom app is configured: set WECOM_CORP_ID and WECOM_CORP_SECRET \
@@ -271,16 +393,18 @@ impl Plan {
                  or run `serve --sandbox` for the demo",
             ));
         }
-        if !apps.contains_key(&self.default_app) {
+        if !owner.contains_key(self.default_app.as_str()) {
             return Err(ConfigError::new(
                 "default_app",
                 format!(
                     "`{}` is not one of the configured apps ({})",
                     self.default_app,
-                    apps.keys().cloned().collect::<Vec<_>>().join(", ")
+                    owner.keys().copied().collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
+        let every_app: BTreeMap<String, ()> =
+            owner.keys().map(|name| ((*name).to_owned(), ())).collect();
         let everywhere = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let tls = tls_settings(
             self.tls_cert,
@@ -289,7 +413,7 @@ impl Plan {
             &self.file.tls,
         )?;
         let auth = match self.callers_file {
-            Some(callers_file) => Some(auth_settings(callers_file, &self.file.auth, &apps)?),
+            Some(callers_file) => Some(auth_settings(callers_file, &self.file.auth, &every_app)?),
             None => None,
         };
         let settings = Settings {
@@ -304,6 +428,9 @@ impl Plan {
             tls: tls.as_ref().map(|(settings, _)| settings.clone()),
             auth,
             redis: self.file.redis.resolve(env)?,
+            callback: CallbackSettings::from_file(&self.file.callback, self.callback_listen),
+            suites,
+            apps_file,
         };
         validate::bounds(&settings)?;
         if let Some((settings, keys)) = &tls {
@@ -375,7 +502,7 @@ fn tls_settings(
 fn auth_settings(
     callers_file: NamedFile,
     file: &file::FileAuth,
-    apps: &BTreeMap<String, AppSettings>,
+    apps: &BTreeMap<String, ()>,
 ) -> Result<AuthSettings, ConfigError> {
     let NamedFile { path, key } = callers_file;
     let bytes = std::fs::read(&path)
@@ -396,31 +523,20 @@ fn auth_settings(
 // === impl AppPlan ===
 
 impl AppPlan {
-    fn from_file(app: FileApp, i: usize) -> Self {
+    pub(super) fn from_file(app: FileApp, i: usize) -> Self {
         let key = |field: &str| format!("apps[{i}].{field}");
         let corp_id = app
             .corp_id
             .filter(|c| !c.trim().is_empty())
             .ok_or_else(|| ConfigError::new(key("corp_id"), "is required"));
-        let sources = [
-            app.secret.map(|s| (SecretRef::Inline(s), key("secret"))),
-            app.secret_file
-                .map(|p| (SecretRef::File(p), key("secret_file"))),
-            app.secret_env
-                .map(|v| (SecretRef::Env(v), key("secret_env"))),
-        ];
-        let mut given = sources.into_iter().flatten();
-        let secret = match (given.next(), given.next()) {
-            (Some((source, key)), None) => Ok(SecretSpec { source, key }),
-            (None, _) => Err(ConfigError::new(
-                key("secret"),
-                "is required: set one of secret, secret_file, secret_env",
-            )),
-            (Some(_), Some(_)) => Err(ConfigError::new(
-                key("secret"),
-                "set only one of secret, secret_file, secret_env",
-            )),
-        };
+        let secret = secret_spec(
+            [
+                (app.secret.map(Into::into), "secret"),
+                (app.secret_file.map(Into::into), "secret_file"),
+                (app.secret_env.map(Into::into), "secret_env"),
+            ],
+            &key,
+        );
         let api_base = app
             .api_base
             .map(|base| validate::api_base(&base, &key("api_base")));
@@ -429,6 +545,29 @@ impl AppPlan {
             secret,
             api_base,
         }
+    }
+}
+
+/// The one secret of three ways to give it (`FIELD`, `FIELD_file`, `FIELD_env`),
+/// named by `key(field)` in errors.
+pub(super) fn secret_spec(
+    sources: [(Option<SecretRef>, &str); 3],
+    key: &dyn Fn(&str) -> String,
+) -> Given<SecretSpec> {
+    let fields = sources.each_ref().map(|(_, field)| *field);
+    let mut given = sources
+        .into_iter()
+        .filter_map(|(source, field)| source.map(|source| (source, key(field))));
+    match (given.next(), given.next()) {
+        (Some((source, key)), None) => Ok(SecretSpec { source, key }),
+        (None, _) => Err(ConfigError::new(
+            key(fields[0]),
+            format!("is required: set one of {}", fields.join(", ")),
+        )),
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            key(fields[0]),
+            format!("set only one of {}", fields.join(", ")),
+        )),
     }
 }
 
@@ -458,9 +597,20 @@ fn env_secret(env: &dyn Environment) -> Option<Given<SecretSpec>> {
 // === impl SecretSpec ===
 
 impl SecretSpec {
+    /// A secret given in place, named by `key` in errors.
+    pub(super) fn inline(secret: SecretString, key: &str) -> Self {
+        Self {
+            source: SecretRef::Inline(secret),
+            key: key.to_owned(),
+        }
+    }
+
     /// The secret itself, and where it came from: the one place where secret files
     /// and variables are read.
-    fn read(self, env: &dyn Environment) -> Result<(SecretString, SecretOrigin), ConfigError> {
+    pub(super) fn read(
+        self,
+        env: &dyn Environment,
+    ) -> Result<(SecretString, SecretOrigin), ConfigError> {
         let origin = match &self.source {
             SecretRef::Inline(_) => SecretOrigin::Inline,
             SecretRef::File(path) => SecretOrigin::File(path.clone()),
@@ -526,6 +676,7 @@ mod tests {
             api_base: api_base.to_owned(),
             corp_id: "sbx".to_owned(),
             secret: "demo".to_owned(),
+            suite: None,
         }
     }
 

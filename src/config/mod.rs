@@ -11,7 +11,9 @@
 //! - `load`: the pipeline above;
 //! - `validate`: names, URLs and bounds;
 //! - `units`: durations as milliseconds or seconds in the file;
-//! - `redis`: the optional Redis of a fleet of replicas.
+//! - `redis`: the optional Redis of a fleet of replicas;
+//! - `provider`: third-party suites, their corps files, the callback endpoint, and
+//!   the apps file (both files re-read while serving).
 //!
 //! TLS files and the callers file are read while loading, so that a bad one is a
 //! configuration error naming its key; the gateway re-reads them when they change.
@@ -19,6 +21,7 @@
 mod env;
 mod file;
 mod load;
+mod provider;
 mod redis;
 mod units;
 mod validate;
@@ -39,6 +42,10 @@ use url::Url;
 pub use env::{Environment, ProcessEnv};
 pub(crate) use file::toml_problem;
 pub use load::SandboxApp;
+pub use provider::{
+    APPS_FILE_GROUP, AppsFileSettings, CONFIG_GROUP, CallbackSettings, CorpSettings, SandboxSuite,
+    SuiteSettings, app_specs, corp_specs, corps_group, parse_apps_file, parse_corps,
+};
 pub use redis::RedisSettings;
 pub(crate) use validate::check_name;
 pub use validate::{is_cleartext_remote, is_exposed};
@@ -46,7 +53,10 @@ pub use validate::{is_cleartext_remote, is_exposed};
 use crate::{
     auth::Callers,
     telemetry::redacted,
-    wecom::{AdapterSettings, AppSpec, HttpSettings, RateLimits, Retry, TokenPolicy, WindowLimits},
+    wecom::{
+        AdapterSettings, AppSpec, HttpSettings, RateLimits, Retry, TokenPolicy, WindowLimits,
+        suite::SuiteSpec,
+    },
 };
 
 /// WeCom's production API base.
@@ -80,6 +90,12 @@ pub struct Settings {
     /// The Redis a fleet of replicas shares tokens and rate budget through;
     /// `None`: each replica keeps them to itself.
     pub redis: Option<RedisSettings>,
+    /// Third-party suites, by name, with their authorised corps.
+    pub suites: BTreeMap<String, SuiteSettings>,
+    /// The endpoint WeCom pushes suite tickets to; bound only with a suite.
+    pub callback: CallbackSettings,
+    /// More apps, in a file re-read when it changes.
+    pub apps_file: Option<AppsFileSettings>,
 }
 
 /// One WeCom app: a corp and the secret of one of its apps (自建应用 or 代开发应用).
@@ -401,7 +417,7 @@ impl Settings {
     }
 
     /// What the adapter needs to know of the apps and of WeCom.
-    pub fn adapter(&self) -> (AdapterSettings, Vec<AppSpec>) {
+    pub fn adapter(&self) -> (AdapterSettings, Vec<SuiteSpec>, Vec<AppSpec>) {
         let upstream = &self.upstream;
         let token = &self.token;
         let settings = AdapterSettings {
@@ -428,16 +444,23 @@ impl Settings {
             max_requests_per_app: upstream.max_requests_per_app,
             fleet: self.redis.as_ref().and_then(RedisSettings::fleet),
         };
-        let apps = self
-            .apps
+        let mut apps = app_specs(&self.apps, CONFIG_GROUP);
+        for (name, suite) in &self.suites {
+            apps.extend(corp_specs(name, suite, &suite.corps));
+        }
+        if let Some(file) = &self.apps_file {
+            apps.extend(app_specs(&file.apps, APPS_FILE_GROUP));
+        }
+        let suites = self
+            .suites
             .iter()
-            .map(|(name, app)| AppSpec {
+            .map(|(name, suite)| SuiteSpec {
                 name: name.clone(),
-                corp_id: app.corp_id.clone(),
-                secret: app.secret.clone(),
-                api_base: app.api_base.clone(),
+                suite_id: suite.suite_id.clone(),
+                secret: suite.secret.clone(),
+                api_base: suite.api_base.clone(),
             })
             .collect();
-        (settings, apps)
+        (settings, suites, apps)
     }
 }

@@ -1,7 +1,7 @@
 //! `wecom.kf.v1.CustomerUpgradeService`: each handler is a straight line, from
 //! the request to its audit.
 
-use std::{future::Future, sync::Arc, time::Duration, time::Instant};
+use std::{sync::Arc, time::Duration, time::Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Response, Status};
@@ -68,14 +68,11 @@ impl UpgradeGateway {
     /// One call's WeCom work: admitted under the in-flight limit (or refused at
     /// once: queueing would only grow memory and latency), for the app the call
     /// names, within its budget.
-    async fn run<'a, T, F>(
-        &'a self,
+    async fn run<T>(
+        &self,
         call: &Call,
-        work: impl FnOnce(&'a AppClient, Instant) -> F,
-    ) -> Result<T, Failure>
-    where
-        F: Future<Output = Result<T, wecom::Failed>>,
-    {
+        work: impl AsyncFnOnce(&AppClient, Instant) -> Result<T, wecom::Failed>,
+    ) -> Result<T, Failure> {
         let _admitted: OwnedSemaphorePermit = Arc::clone(&self.in_flight)
             .try_acquire_owned()
             .map_err(|_| {
@@ -86,7 +83,7 @@ impl UpgradeGateway {
             })?;
         let app = self.app(call)?;
         let timeout = self.limits.call_timeout;
-        call.within(timeout, &self.cutoff, |deadline| work(app, deadline))
+        call.within(timeout, &self.cutoff, |deadline| work(&app, deadline))
             .await
     }
 
@@ -97,12 +94,13 @@ impl UpgradeGateway {
 
     /// The app the call names, or the default app, if its caller may use it. A
     /// caller learns only of the apps it may use.
-    fn app(&self, call: &Call) -> Result<&AppClient, CallError> {
+    fn app(&self, call: &Call) -> Result<Arc<AppClient>, CallError> {
         let caller = call.caller()?;
         let name = call.requested_app()?.unwrap_or(self.apps.default_app());
         let allowed = || {
-            let names = self.apps.names().filter(|app| caller.may_use(app));
-            names.map(str::to_owned).collect()
+            let mut names = self.apps.names();
+            names.retain(|app| caller.may_use(app));
+            names
         };
         // Permission first: a caller limited to some apps gets the same answer for
         // another tenant's app and for a name nobody configured, so it cannot probe
@@ -138,7 +136,9 @@ impl UpgradeGateway {
     ) -> Result<pb::GetUpgradeConfigResponse, Failure> {
         call.caller()?;
         let config = self
-            .run(call, |app, deadline| app.get_upgrade_config(deadline))
+            .run(call, async |app, deadline| {
+                app.get_upgrade_config(deadline).await
+            })
             .await?;
         Ok(config.into())
     }
@@ -152,8 +152,8 @@ impl UpgradeGateway {
         let caller = call.caller()?;
         let upgrade = Upgrade::try_from(message).map_err(CallError::InvalidRequest)?;
         let outcome = self
-            .run(call, |app, deadline| {
-                app.upgrade_service(&upgrade, deadline)
+            .run(call, async |app, deadline| {
+                app.upgrade_service(&upgrade, deadline).await
             })
             .await;
         let (app, target) = (self.audited_app(call), Some(&upgrade.target));
@@ -176,8 +176,8 @@ impl UpgradeGateway {
         let caller = call.caller()?;
         let customer = Customer::try_from(message).map_err(CallError::InvalidRequest)?;
         let outcome = self
-            .run(call, |app, deadline| {
-                app.cancel_upgrade(&customer, deadline)
+            .run(call, async |app, deadline| {
+                app.cancel_upgrade(&customer, deadline).await
             })
             .await;
         let event = Audit {

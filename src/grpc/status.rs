@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::error::{CallError, Failure, Fault, summary};
-use crate::wecom::{Error, Failed, TransportKind, errcode};
+use crate::wecom::{Error, Failed, NoTokenWhy, TransportKind, errcode};
 
 /// ErrorInfo domain of reasons that come from a WeCom errcode.
 pub const WECOM_DOMAIN: &str = "qyapi.weixin.qq.com";
@@ -333,7 +333,28 @@ pub(crate) fn refuse(error: CallError) -> Failure {
         .with("endpoint", endpoint)
         .with("limit_bytes", limit),
         CallError::WeCom(Failed {
-            error: Error::NoToken { endpoint },
+            error:
+                Error::NoToken {
+                    endpoint,
+                    why: NoTokenWhy::NoSuiteTicket,
+                },
+            ..
+        }) => Refusal::gateway(
+            Code::Unavailable,
+            "SUITE_TICKET_MISSING",
+            Fault::Operator,
+            "WeCom has pushed no suite_ticket to the gateway's callback endpoint yet, so this \
+             app's suite has no token and nothing was sent: retry in a few minutes (WeCom \
+             pushes one every ten); if it persists, an operator must check the suite's \
+             callback URL, Token and EncodingAESKey in WeCom's provider console",
+        )
+        .with("endpoint", endpoint),
+        CallError::WeCom(Failed {
+            error:
+                Error::NoToken {
+                    endpoint,
+                    why: NoTokenWhy::Deadline,
+                },
             ..
         }) => Refusal::gateway(
             Code::Unavailable,
@@ -437,6 +458,34 @@ fn from_errcode(code: i64, credentials_rejected: bool) -> Refusal {
         Refusal::new(code, reason, WECOM_DOMAIN, fault, message)
     };
     match code {
+        INVALID_SUITE_SECRET | INVALID_SUITE_ID => wecom(
+            Code::FailedPrecondition,
+            "SUITE_CREDENTIALS_REJECTED",
+            Fault::Operator,
+            "WeCom refused the suite_id or suite_secret of this app's suite; an operator must \
+             fix the suite's configuration",
+        ),
+        INVALID_PERMANENT_CODE => wecom(
+            Code::FailedPrecondition,
+            "PERMANENT_CODE_REJECTED",
+            Fault::Operator,
+            "WeCom refused this corp's permanent_code: the corp cancelled its authorisation of \
+             the suite, or the code was reset; an operator must update the suite's corps file",
+        ),
+        INVALID_SUITE_TICKET => wecom(
+            Code::Unavailable,
+            "SUITE_TICKET_INVALID",
+            Fault::Operator,
+            "WeCom refused the newest suite_ticket the gateway has as stale or invalid, so \
+             nothing was sent: retry in a few minutes (WeCom pushes a new one every ten); if \
+             it persists, an operator must check that WeCom reaches the suite's callback URL",
+        ),
+        INVALID_SUITE_TOKEN | SUITE_TOKEN_EXPIRED => wecom(
+            Code::Unavailable,
+            "SUITE_TOKEN_REJECTED",
+            Fault::WeCom,
+            "WeCom refused a freshly fetched suite_access_token; retry with backoff",
+        ),
         _ if credentials_rejected => wecom(
             Code::FailedPrecondition,
             "CREDENTIALS_REJECTED",
@@ -592,6 +641,68 @@ mod tests {
         assert_eq!(info.metadata["errcode"], "95021");
         assert_eq!(info.metadata["errmsg"], "msg");
         assert!(status.message().contains("95021"));
+    }
+
+    #[test]
+    fn suite_and_corp_token_errors_have_reasons_of_their_own() {
+        let reason = |status: &Status| status.get_details_error_info().unwrap().reason;
+        for (endpoint, errcode, code, expected) in [
+            (
+                Endpoint::GetSuiteToken,
+                40080,
+                Code::FailedPrecondition,
+                "SUITE_CREDENTIALS_REJECTED",
+            ),
+            (
+                Endpoint::GetSuiteToken,
+                40083,
+                Code::FailedPrecondition,
+                "SUITE_CREDENTIALS_REJECTED",
+            ),
+            (
+                Endpoint::GetCorpToken,
+                40084,
+                Code::FailedPrecondition,
+                "PERMANENT_CODE_REJECTED",
+            ),
+            (
+                Endpoint::GetSuiteToken,
+                40085,
+                Code::Unavailable,
+                "SUITE_TICKET_INVALID",
+            ),
+            (
+                Endpoint::GetCorpToken,
+                40082,
+                Code::Unavailable,
+                "SUITE_TOKEN_REJECTED",
+            ),
+            (
+                Endpoint::GetCorpToken,
+                42009,
+                Code::Unavailable,
+                "SUITE_TOKEN_REJECTED",
+            ),
+        ] {
+            let status = api(endpoint, errcode);
+            assert_eq!(
+                (status.code(), reason(&status).as_str()),
+                (code, expected),
+                "{errcode}"
+            );
+            assert!(status.message().contains(&errcode.to_string()));
+        }
+        let missing = refuse(CallError::WeCom(
+            Error::NoToken {
+                endpoint: Endpoint::GetSuiteToken,
+                why: NoTokenWhy::NoSuiteTicket,
+            }
+            .into(),
+        ))
+        .status;
+        assert_eq!(missing.code(), Code::Unavailable);
+        assert_eq!(reason(&missing), "SUITE_TICKET_MISSING");
+        assert!(missing.message().contains("callback"), "{missing:?}");
     }
 
     #[test]

@@ -19,7 +19,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{Fault, MAX_RECORDED_REQUESTS, RecordedRequest, Sandbox};
+use super::{
+    Fault, Issued, MAX_RECORDED_REQUESTS, RecordedRequest, Sandbox,
+    provider::{self, GET_CORP_TOKEN, GET_SUITE_TOKEN},
+};
 
 type Params = HashMap<String, String>;
 
@@ -44,6 +47,8 @@ pub(super) fn router(sandbox: Arc<Sandbox>) -> Router {
         .route(GET_UPGRADE_SERVICE_CONFIG, get(get_upgrade_config))
         .route(UPGRADE_SERVICE, post(upgrade_service))
         .route(CANCEL_UPGRADE_SERVICE, post(cancel_upgrade))
+        .route(GET_SUITE_TOKEN, post(provider::get_suite_token))
+        .route(GET_CORP_TOKEN, post(provider::get_corp_token))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&sandbox),
             front_desk,
@@ -54,17 +59,19 @@ pub(super) fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/sandbox/faults", post(add_fault).delete(clear_faults))
         .route("/sandbox/expire-tokens", post(expire_tokens))
         .route("/sandbox/revoke-tokens", post(revoke_tokens))
+        .route("/sandbox/push-ticket", post(provider::push_ticket))
+        .route("/sandbox/expire-tickets", post(provider::expire_tickets))
         .merge(wecom)
         .with_state(sandbox)
 }
 
 /// WeCom's answer shape: HTTP 200 with errcode and errmsg.
-fn answer(errcode: i64, errmsg: &str) -> Response {
+pub(super) fn answer(errcode: i64, errmsg: &str) -> Response {
     Json(json!({ "errcode": errcode, "errmsg": errmsg })).into_response()
 }
 
 /// A refusal, as WeCom words it: an errcode and its errmsg.
-struct Refused(i64, &'static str);
+pub(super) struct Refused(pub(super) i64, pub(super) &'static str);
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
@@ -97,7 +104,8 @@ async fn front_desk(State(sandbox): State<Arc<Sandbox>>, request: Request, next:
     if let Some(fault) = sandbox.scripted(path).await {
         return fault;
     }
-    if path != GETTOKEN
+    // The token calls check their own credentials.
+    if ![GETTOKEN, GET_SUITE_TOKEN, GET_CORP_TOKEN].contains(&path)
         && let Err(refused) = sandbox.check_token(&params)
     {
         return refused.into_response();
@@ -129,6 +137,8 @@ impl Sandbox {
         let body = if path == GETTOKEN {
             // The secret is not recorded: the sandbox's requests are shown to anyone.
             json!({ "corpid": params.get("corpid") })
+        } else if let Some(shown) = provider::shown_body(path, body) {
+            shown
         } else if *method == Method::GET {
             Value::Null
         } else {
@@ -139,6 +149,10 @@ impl Sandbox {
         if path == GETTOKEN {
             state.gettoken_calls += 1;
         }
+        let corp_id = params
+            .get("access_token")
+            .and_then(|token| state.tokens.get(token))
+            .map(|issued| issued.corp_id.clone());
         if state.requests.len() >= MAX_RECORDED_REQUESTS {
             state.requests.pop_front();
         }
@@ -147,6 +161,7 @@ impl Sandbox {
             path: path.to_owned(),
             had_access_token: params.contains_key("access_token"),
             body,
+            corp_id,
         });
     }
     /// Applies the first fault scripted for `path`, if any: waits its delay, then
@@ -192,7 +207,7 @@ impl Sandbox {
         };
         match self.state().tokens.get(token) {
             None => Err(Refused(40014, "invalid access_token")),
-            Some(expiry) if Instant::now() >= *expiry => {
+            Some(issued) if Instant::now() >= issued.expiry => {
                 Err(Refused(42001, "access_token expired"))
             }
             Some(_) => Ok(()),
@@ -207,32 +222,52 @@ impl Sandbox {
         if params.get("corpsecret") != Some(&self.config.secret) {
             return answer(40001, "invalid credential");
         }
+        let (token, expires_in) = self.access_token_for(&self.config.corp_id);
+        ok(json!({ "access_token": token, "expires_in": expires_in }))
+    }
+
+    /// An access token of `corp_id` and its seconds left: like WeCom, the valid
+    /// one again while there is one.
+    pub(super) fn access_token_for(&self, corp_id: &str) -> (String, u64) {
         let now = Instant::now();
         let mut state = self.state();
         // Expired tokens are kept a while, so that using one answers 42001, not 40014.
         state
             .tokens
-            .retain(|_, expiry| now.saturating_duration_since(*expiry) < EXPIRED_TOKENS_KEPT);
-        // Like WeCom: while a token is valid, gettoken returns it again.
-        let valid = state.tokens.iter().filter(|(_, e)| **e > now);
-        let (token, expiry) = match valid.max_by_key(|(_, e)| **e) {
-            Some((token, expiry)) => (token.clone(), *expiry),
+            .retain(|_, issued| now.saturating_duration_since(issued.expiry) < EXPIRED_TOKENS_KEPT);
+        let valid = state
+            .tokens
+            .iter()
+            .filter(|(_, issued)| issued.corp_id == corp_id && issued.expiry > now);
+        let (token, expiry) = match valid.max_by_key(|(_, issued)| issued.expiry) {
+            Some((token, issued)) => (token.clone(), issued.expiry),
             None => {
-                let token: String = std::iter::repeat_with(fastrand::alphanumeric)
-                    .take(64)
-                    .collect();
+                let token = random_token();
                 let expiry = now + self.config.token_ttl;
-                state.tokens.insert(token.clone(), expiry);
+                let issued = Issued {
+                    corp_id: corp_id.to_owned(),
+                    expiry,
+                };
+                state.tokens.insert(token.clone(), issued);
                 (token, expiry)
             }
         };
-        let expires_in = expiry.saturating_duration_since(now).as_secs().max(1);
-        ok(json!({ "access_token": token, "expires_in": expires_in }))
+        (
+            token,
+            expiry.saturating_duration_since(now).as_secs().max(1),
+        )
     }
 }
 
+/// A new token: 64 random letters and digits.
+pub(super) fn random_token() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(64)
+        .collect()
+}
+
 /// Parses a POST body as WeCom does: 47001 when it is not a JSON object.
-fn json_body(body: &Bytes) -> Result<Value, Refused> {
+pub(super) fn json_body(body: &Bytes) -> Result<Value, Refused> {
     match serde_json::from_slice::<Value>(body) {
         Ok(value) if value.is_object() => Ok(value),
         _ => Err(Refused(47001, "data format error")),

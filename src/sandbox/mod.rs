@@ -16,6 +16,12 @@
 //! and `DELETE faults` (scripted answers), `POST expire-tokens`, `POST revoke-tokens`.
 
 mod handlers;
+mod provider;
+
+pub use provider::{
+    DEMO_CALLBACK_TOKEN, DEMO_CORPS, DEMO_ENCODING_AES_KEY, DEMO_SUITE_ID, DEMO_SUITE_SECRET,
+    SandboxProvider,
+};
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -51,6 +57,8 @@ pub struct SandboxConfig {
     pub member_department_ids: Vec<u32>,
     /// Configured customer group chats.
     pub group_chat_ids: Vec<String>,
+    /// The 服务商 side: a suite, its authorised corps, and its ticket pushes.
+    pub provider: SandboxProvider,
 }
 
 impl Default for SandboxConfig {
@@ -66,6 +74,7 @@ impl Default for SandboxConfig {
                 "wraaaaaaaaaaaaaaaa".to_owned(),
                 "wrbbbbbbbbbbbbbbb".to_owned(),
             ],
+            provider: SandboxProvider::default(),
         }
     }
 }
@@ -113,7 +122,11 @@ pub struct RecordedRequest {
     /// Whether an `access_token` query parameter was present (its value is not kept).
     pub had_access_token: bool,
     /// The JSON body, or the raw text when it was not JSON; `null` for a GET.
+    /// Secrets (a suite secret, a ticket, a permanent code) are left out.
     pub body: Value,
+    /// The corp the request's `access_token` was issued to, if it is a valid one.
+    #[serde(default)]
+    pub corp_id: Option<String>,
 }
 
 /// The sandbox's state, shared by its HTTP handlers and by tests in-process.
@@ -126,10 +139,19 @@ pub struct Sandbox {
     in_flight: AtomicUsize,
 }
 
+/// An access token the sandbox issued.
+#[derive(Debug, Clone)]
+struct Issued {
+    corp_id: String,
+    expiry: Instant,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Issued tokens and when they expire.
-    tokens: HashMap<String, Instant>,
+    /// Issued access tokens: to which corp, and when they expire.
+    tokens: HashMap<String, Issued>,
+    /// The provider side's tickets and suite tokens.
+    provider: provider::ProviderState,
     /// The current recommendation per (open_kfid, external_userid): the request body.
     recommendations: BTreeMap<(String, String), Value>,
     faults: VecDeque<Fault>,
@@ -204,7 +226,11 @@ impl Sandbox {
     /// Makes every issued token expired, as if their TTL had passed.
     pub fn expire_tokens(&self) {
         let now = Instant::now();
-        for expiry in self.state().tokens.values_mut() {
+        let mut state = self.state();
+        for issued in state.tokens.values_mut() {
+            issued.expiry = now;
+        }
+        for expiry in state.provider.suite_tokens.values_mut() {
             *expiry = now;
         }
     }
@@ -212,7 +238,9 @@ impl Sandbox {
     /// Forgets every issued token, so that using one answers 40014, as after a
     /// secret reset in the admin console.
     pub fn revoke_tokens(&self) {
-        self.state().tokens.clear();
+        let mut state = self.state();
+        state.tokens.clear();
+        state.provider.suite_tokens.clear();
     }
 
     /// Serves the sandbox on `listener` until `shutdown` completes.

@@ -65,6 +65,7 @@ struct Inner {
     calls_rate_limited: Family<RateLimitLabels, Counter>,
     redis_errors: Family<OperationLabel, Counter>,
     redis_fallbacks: Family<KindLabel, Counter>,
+    suite_callbacks: Family<CallbackLabels, Counter>,
 }
 
 // === label sets ===
@@ -123,6 +124,12 @@ struct OperationLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallbackLabels {
+    suite: Arc<str>,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -248,6 +255,7 @@ impl Metrics {
             calls_rate_limited: Family::default(),
             redis_errors: Family::default(),
             redis_fallbacks: Family::default(),
+            suite_callbacks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -309,6 +317,12 @@ impl Metrics {
             "Token reads and rate-limit checks done without Redis, by kind (token, rate \
              budget): this replica on its own while Redis is down or slow",
             inner.redis_fallbacks.clone(),
+        );
+        registry.register(
+            "suite_callbacks",
+            "Callbacks WeCom made to a suite's callback endpoint, by suite and outcome \
+             (ticket_stored, ticket_older, event, url_verified, or why it was refused)",
+            inner.suite_callbacks.clone(),
         );
         registry.register(
             "build",
@@ -452,6 +466,16 @@ impl Metrics {
     pub(crate) fn redis_failed(&self, operation: &'static str) {
         let labels = OperationLabel { operation };
         self.inner.redis_errors.get_or_create(&labels).inc();
+    }
+
+    /// Counts a callback to `suite`'s endpoint (`unknown` for a path that names
+    /// no suite) and what became of it.
+    pub(crate) fn suite_callback(&self, suite: &Arc<str>, outcome: &'static str) {
+        let labels = CallbackLabels {
+            suite: Arc::clone(suite),
+            outcome,
+        };
+        self.inner.suite_callbacks.get_or_create(&labels).inc();
     }
 
     /// Counts a token read or a rate-limit check done without Redis.

@@ -27,13 +27,14 @@ fn decode_body<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         // The start of an HTML error page tells an operator what answered; a
         // `gettoken` body might hold a token, so it is never quoted.
-        if endpoint == Endpoint::GetToken {
+        if endpoint.fetches_token() {
             return malformed(format!("not JSON ({e})"));
         }
         let start = String::from_utf8_lossy(&body[..body.len().min(16)]).into_owned();
         malformed(format!("not JSON ({e}); it starts with {start:?}"))
     })?;
     let errcode = match value.get("errcode") {
+        None if endpoint.errcode_only_on_failure() => 0,
         None => return Err(malformed("no errcode field".to_owned())),
         Some(code) => code
             .as_i64()

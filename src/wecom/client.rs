@@ -3,22 +3,26 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
-use secrecy::SecretString;
+use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use url::Url;
 
 use super::{
-    Endpoint, Error, Failed, GetToken, HttpSettings, Retry, TokenCache, TokenPolicy,
+    Endpoint, Error, Failed, GetToken, HttpSettings, NoTokenWhy, Retry, TokenCache, TokenPolicy,
     api::{self, CancelBody, EmptyAnswer, UpgradeBody, UpgradeConfigAnswer},
-    fleet::{Fleet, FleetSettings, SharedBudget, SharedTokens},
+    fleet::{Fleet, FleetSettings, SharedBudget, SharedTickets, SharedTokens},
     limit::{LocalBudgets, NoSlot, RateBudget, RateLimits},
+    suite::{
+        GetCorpToken, GetSuiteToken, MemoryTickets, Suite, SuiteSpec, TicketOutcome, TicketStore,
+    },
     token::TokenSource,
-    transport::{Call, Transport},
+    transport::{Call, HttpClient, Transport},
 };
 use crate::{
     domain::{Customer, Upgrade, UpgradeConfig},
@@ -34,10 +38,28 @@ pub struct AppSpec {
     pub name: String,
     /// 企业ID (`corpid`).
     pub corp_id: String,
-    /// The app's `corpsecret`; only `gettoken` reads it.
-    pub secret: SecretString,
+    /// Where its tokens come from.
+    pub credentials: AppCredentials,
     /// Where WeCom is.
     pub api_base: Url,
+    /// The file it comes from: reloading that file replaces exactly the apps of
+    /// its group ([`Apps::replace_group`]).
+    pub group: String,
+}
+
+/// Where an app's tokens come from.
+#[derive(Clone)]
+pub enum AppCredentials {
+    /// A self-built or 代开发 app: `gettoken` with the app's `corpsecret`.
+    Secret(SecretString),
+    /// A corp that authorised a third-party suite: `get_corp_token` with the
+    /// corp's permanent code and the suite's token.
+    Suite {
+        /// The suite's configured name.
+        suite: String,
+        /// The corp's `permanent_code`.
+        permanent_code: SecretString,
+    },
 }
 
 impl fmt::Debug for AppSpec {
@@ -45,9 +67,23 @@ impl fmt::Debug for AppSpec {
         f.debug_struct("AppSpec")
             .field("name", &self.name)
             .field("corp_id", &self.corp_id)
-            .field("secret", &"****")
+            .field("credentials", &self.credentials)
             .field("api_base", &redacted(&self.api_base).as_str())
+            .field("group", &self.group)
             .finish()
+    }
+}
+
+impl fmt::Debug for AppCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppCredentials::Secret(_) => f.write_str("Secret(****)"),
+            AppCredentials::Suite { suite, .. } => f
+                .debug_struct("Suite")
+                .field("suite", suite)
+                .field("permanent_code", &"****")
+                .finish(),
+        }
     }
 }
 
@@ -76,6 +112,8 @@ pub struct AdapterSettings {
 #[derive(Debug)]
 pub struct AppClient {
     name: Arc<str>,
+    /// The suite its token comes from, if any.
+    suite: Option<Arc<str>>,
     transport: Transport,
     tokens: TokenCache,
     retry: Retry,
@@ -136,7 +174,10 @@ impl AppClient {
         body: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<T, Failed> {
-        let no_token = || Error::NoToken { endpoint };
+        let no_token = || Error::NoToken {
+            endpoint,
+            why: NoTokenWhy::Deadline,
+        };
         // Waiting for a token sends nothing: one not had by the deadline says so,
         // rather than leaving the call to time out as if a request were in flight.
         let mut token = tokio::time::timeout_at(deadline.into(), self.tokens.get())
@@ -261,113 +302,427 @@ impl AppClient {
     }
 }
 
-/// The configured apps, by name.
-#[derive(Debug)]
+/// The configured apps, by name: a cheap handle, shared by the gRPC service and
+/// the callback endpoint.
+///
+/// The set can change while calls run (a reloaded corps file or apps file): a
+/// call looks its app up with one atomic load of the current map, and keeps the
+/// app it found until it ends, even if the app is removed meanwhile.
+#[derive(Debug, Clone)]
 pub struct Apps {
-    apps: BTreeMap<String, AppClient>,
+    inner: Arc<Registry>,
+}
+
+#[derive(Debug)]
+struct Registry {
+    current: ArcSwap<BTreeMap<String, Arc<AppClient>>>,
     default_app: String,
+    suites: BTreeMap<String, Arc<Suite>>,
+    factory: Factory,
+    /// Who owns each app and what it was built from; held while the set changes,
+    /// so that changes apply one at a time.
+    owners: Mutex<BTreeMap<String, Owner>>,
+}
+
+#[derive(Debug)]
+struct Owner {
+    group: String,
+    digest: [u8; 32],
+}
+
+/// What a change to the set of apps did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AppChanges {
+    /// Apps that are new.
+    pub added: Vec<String>,
+    /// Apps whose corp, credentials or API base changed: rebuilt with a cold cache.
+    pub changed: Vec<String>,
+    /// Apps that are gone.
+    pub removed: Vec<String>,
+}
+
+/// Where an app's tokens come from, its suite found.
+enum TokenFrom {
+    Secret(SecretString),
+    Suite(Arc<Suite>, SecretString),
+}
+
+/// Builds apps and suites: one HTTP connection pool, the fleet if any, the rate
+/// budgets shared by the apps of one corp.
+struct Factory {
+    settings: AdapterSettings,
+    http: HttpClient,
+    fleet: Option<Arc<Fleet>>,
+    budgets: Mutex<LocalBudgets>,
+    metrics: Metrics,
+}
+
+impl fmt::Debug for Factory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Factory").finish_non_exhaustive()
+    }
 }
 
 impl Apps {
-    /// One [`AppClient`] per app, sharing one HTTP connection pool, each with a
-    /// `gettoken` token cache whose refresher starts now; all of them recording
-    /// into `metrics`.
+    /// One [`Suite`] per suite spec and one [`AppClient`] per app spec, sharing one
+    /// HTTP connection pool, each with a token cache whose refresher starts now;
+    /// all of them recording into `metrics`.
     pub fn new(
         settings: &AdapterSettings,
+        suites: impl IntoIterator<Item = SuiteSpec>,
         specs: impl IntoIterator<Item = AppSpec>,
         default_app: String,
         metrics: &Metrics,
-    ) -> Result<Self, rustls::Error> {
-        let http = Transport::client(&settings.http)?;
+    ) -> Result<Self, AppsError> {
+        let http = Transport::client(&settings.http).map_err(AppsError::HttpClient)?;
         let limits = &settings.rate_limits;
         let fleet = settings
             .fleet
             .clone()
             .map(|fleet| Fleet::start(fleet, metrics));
         // With a fleet, the in-process windows are the fallback: this replica's share.
-        let mut budgets = LocalBudgets::new(match &settings.fleet {
+        let budgets = LocalBudgets::new(match &settings.fleet {
             Some(fleet) => RateLimits {
                 per_corp: limits.per_corp.share(fleet.fallback_share),
                 per_gateway: limits.per_gateway.map(|l| l.share(fleet.fallback_share)),
             },
             None => limits.clone(),
         });
-        let apps = specs
+        let factory = Factory {
+            settings: settings.clone(),
+            http,
+            fleet,
+            budgets: Mutex::new(budgets),
+            metrics: metrics.clone(),
+        };
+        let suites = suites
             .into_iter()
-            .map(|spec| {
-                let name: Arc<str> = Arc::from(spec.name.as_str());
-                let endpoints = Endpoint::ALL.map(Endpoint::path);
-                metrics.add_app(&name, &endpoints);
-                let transport = Transport::new(
-                    http.clone(),
-                    &spec.api_base,
-                    &settings.http,
-                    Arc::clone(&name),
-                    metrics.clone(),
-                );
-                let local = budgets.for_corp(&spec.corp_id);
-                let mut source: Arc<dyn TokenSource> = Arc::new(GetToken::new(
-                    spec.corp_id.clone(),
-                    spec.secret,
-                    transport.clone(),
-                ));
-                let budget: Arc<dyn RateBudget> = match &fleet {
-                    Some(fleet) => {
-                        source = Arc::new(SharedTokens::new(
-                            Arc::clone(fleet),
-                            &spec.corp_id,
-                            &spec.name,
-                            source,
-                            settings.tokens.clone(),
-                        ));
-                        Arc::new(SharedBudget::new(
-                            Arc::clone(fleet),
-                            &spec.corp_id,
-                            limits.per_corp,
-                            limits.per_gateway,
-                            local,
-                        ))
-                    }
-                    None => Arc::new(local),
-                };
-                let tokens = TokenCache::new(
-                    Arc::clone(&name),
-                    source,
-                    settings.tokens.clone(),
-                    settings.retry,
-                    metrics,
-                );
-                let client = AppClient {
-                    name,
-                    transport,
-                    tokens,
-                    retry: settings.retry,
-                    budget,
-                    max_rate_wait: settings.max_rate_wait,
-                    line: tokio::sync::Mutex::new(()),
-                    turns: Semaphore::new(settings.max_requests_per_app),
-                    max_requests: settings.max_requests_per_app,
-                    metrics: metrics.clone(),
-                };
-                (spec.name, client)
-            })
+            .map(|spec| (spec.name.clone(), Arc::new(factory.suite(spec))))
             .collect();
-        Ok(Self { apps, default_app })
+        let apps = Self {
+            inner: Arc::new(Registry {
+                current: ArcSwap::from_pointee(BTreeMap::new()),
+                default_app,
+                suites,
+                factory,
+                owners: Mutex::new(BTreeMap::new()),
+            }),
+        };
+        let mut groups: BTreeMap<String, Vec<AppSpec>> = BTreeMap::new();
+        for spec in specs {
+            groups.entry(spec.group.clone()).or_default().push(spec);
+        }
+        for (group, specs) in groups {
+            apps.replace_group(&group, specs)?;
+        }
+        Ok(apps)
     }
 
     /// The name of the app that serves calls without `x-wecom-app`.
     pub fn default_app(&self) -> &str {
-        &self.default_app
+        &self.inner.default_app
     }
 
-    /// The app named `name`.
-    pub fn get(&self, name: &str) -> Option<&AppClient> {
-        self.apps.get(name)
+    /// The app named `name`: one atomic load, no lock.
+    pub fn get(&self, name: &str) -> Option<Arc<AppClient>> {
+        self.inner.current.load().get(name).cloned()
     }
 
-    /// The names of every configured app, in order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.apps.keys().map(String::as_str)
+    /// The names of every app, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.inner.current.load().keys().cloned().collect()
+    }
+
+    /// The suite named `name`.
+    pub fn suite(&self, name: &str) -> Option<&Arc<Suite>> {
+        self.inner.suites.get(name)
+    }
+
+    /// Keeps a `suite_ticket` WeCom pushed for suite `name`, if it is the newest;
+    /// then fetches that failed for want of one (the suite's, its corps') are
+    /// tried again at once.
+    pub async fn suite_ticket(
+        &self,
+        suite: &Suite,
+        ticket: String,
+        issued_at: i64,
+    ) -> TicketOutcome {
+        let outcome = suite.ticket_arrived(ticket, issued_at).await;
+        if outcome == TicketOutcome::Stored {
+            for app in self.inner.current.load().values() {
+                if app.suite.as_deref() == Some(suite.name()) {
+                    app.tokens.retry_now();
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Makes `specs` the apps of `group` (the file they come from): apps of the
+    /// group that are not in `specs` are removed, new ones added, changed ones
+    /// rebuilt; others keep their token. Nothing changes if a spec is invalid
+    /// (a name another group owns, an unknown suite).
+    pub fn replace_group(&self, group: &str, specs: Vec<AppSpec>) -> Result<AppChanges, AppsError> {
+        let inner = &self.inner;
+        let mut owners = inner.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = BTreeMap::clone(&inner.current.load());
+        let mut changes = AppChanges::default();
+        let mut wanted = BTreeMap::new();
+        for spec in specs {
+            if let Some(owner) = owners.get(&spec.name).filter(|o| o.group != group) {
+                return Err(AppsError::Taken {
+                    app: spec.name,
+                    group: owner.group.clone(),
+                });
+            }
+            if let AppCredentials::Suite { suite, .. } = &spec.credentials
+                && !inner.suites.contains_key(suite)
+            {
+                return Err(AppsError::UnknownSuite {
+                    app: spec.name,
+                    suite: suite.clone(),
+                });
+            }
+            if wanted.contains_key(&spec.name) {
+                return Err(AppsError::Duplicate { app: spec.name });
+            }
+            wanted.insert(spec.name.clone(), spec);
+        }
+        let gone: Vec<String> = owners
+            .iter()
+            .filter(|(name, owner)| owner.group == group && !wanted.contains_key(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            owners.remove(&name);
+            next.remove(&name);
+            changes.removed.push(name);
+        }
+        for (name, spec) in wanted {
+            let digest = spec.digest();
+            match owners.get(&name) {
+                Some(owner) if owner.digest == digest => continue,
+                Some(_) => changes.changed.push(name.clone()),
+                None => changes.added.push(name.clone()),
+            }
+            let tokens = match spec.credentials.clone() {
+                AppCredentials::Secret(secret) => TokenFrom::Secret(secret),
+                AppCredentials::Suite {
+                    suite,
+                    permanent_code,
+                } => match inner.suites.get(&suite) {
+                    Some(suite) => TokenFrom::Suite(Arc::clone(suite), permanent_code),
+                    // Checked above, before anything changed.
+                    None => continue,
+                },
+            };
+            next.insert(name.clone(), Arc::new(inner.factory.app(spec, tokens)));
+            owners.insert(
+                name,
+                Owner {
+                    group: group.to_owned(),
+                    digest,
+                },
+            );
+        }
+        inner.current.store(Arc::new(next));
+        Ok(changes)
+    }
+}
+
+/// Why the apps could not be built or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppsError {
+    /// The HTTP client for WeCom could not be built (TLS set-up).
+    #[error("cannot build the WeCom HTTP client: {0}")]
+    HttpClient(#[source] rustls::Error),
+    /// An app of one file has the name of an app of another.
+    #[error("app `{app}` is already configured in {group}")]
+    Taken {
+        /// The app's name.
+        app: String,
+        /// Where it is configured.
+        group: String,
+    },
+    /// Two apps of one file have the same name.
+    #[error("app `{app}` is named twice")]
+    Duplicate {
+        /// The app's name.
+        app: String,
+    },
+    /// An app names a suite that is not configured.
+    #[error("app `{app}` names suite `{suite}`, which is not configured")]
+    UnknownSuite {
+        /// The app's name.
+        app: String,
+        /// The suite it names.
+        suite: String,
+    },
+}
+
+impl AppSpec {
+    /// Identifies what the app is built from (corp, credentials, API base): equal
+    /// digests, the same app.
+    fn digest(&self) -> [u8; 32] {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut field = |bytes: &[u8]| {
+            context.update(&(bytes.len() as u64).to_be_bytes());
+            context.update(bytes);
+        };
+        field(self.corp_id.as_bytes());
+        field(self.api_base.as_str().as_bytes());
+        match &self.credentials {
+            AppCredentials::Secret(secret) => {
+                field(b"secret");
+                field(secret.expose_secret().as_bytes());
+            }
+            AppCredentials::Suite {
+                suite,
+                permanent_code,
+            } => {
+                field(b"suite");
+                field(suite.as_bytes());
+                field(permanent_code.expose_secret().as_bytes());
+            }
+        }
+        let mut digest = [0; 32];
+        digest.copy_from_slice(context.finish().as_ref());
+        digest
+    }
+}
+
+impl Factory {
+    fn transport(&self, label: &Arc<str>, api_base: &Url) -> Transport {
+        Transport::new(
+            self.http.clone(),
+            api_base,
+            &self.settings.http,
+            Arc::clone(label),
+            self.metrics.clone(),
+        )
+    }
+
+    /// Shares `source` through the fleet's Redis, if there is a fleet.
+    fn shared(
+        &self,
+        corp_id: &str,
+        app: &str,
+        source: Arc<dyn TokenSource>,
+    ) -> Arc<dyn TokenSource> {
+        match &self.fleet {
+            Some(fleet) => Arc::new(SharedTokens::new(
+                Arc::clone(fleet),
+                corp_id,
+                app,
+                source,
+                self.settings.tokens.clone(),
+            )),
+            None => source,
+        }
+    }
+
+    /// A suite: its ticket store and its token cache, labelled `suite:NAME` in
+    /// metrics and logs (app names cannot contain `:`).
+    fn suite(&self, spec: SuiteSpec) -> Suite {
+        let label: Arc<str> = Arc::from(format!("suite:{}", spec.name));
+        self.metrics
+            .add_app(&label, &[Endpoint::GetSuiteToken.path()]);
+        let tickets: Arc<dyn TicketStore> = match &self.fleet {
+            Some(fleet) => Arc::new(SharedTickets::new(Arc::clone(fleet), &spec.suite_id)),
+            None => Arc::new(MemoryTickets::default()),
+        };
+        let transport = self.transport(&label, &spec.api_base);
+        let source = Arc::new(GetSuiteToken::new(
+            spec.suite_id.clone(),
+            spec.secret,
+            Arc::clone(&tickets),
+            transport,
+        ));
+        let source = self.shared(&spec.suite_id, "suite", source);
+        let tokens = TokenCache::new(
+            Arc::clone(&label),
+            source,
+            self.settings.tokens.clone(),
+            self.settings.retry,
+            &self.metrics,
+        );
+        Suite::new(
+            Arc::from(spec.name.as_str()),
+            spec.suite_id,
+            tickets,
+            tokens,
+        )
+    }
+
+    /// An app whose tokens come from `tokens`.
+    fn app(&self, spec: AppSpec, tokens: TokenFrom) -> AppClient {
+        let settings = &self.settings;
+        let limits = &settings.rate_limits;
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        let fetch = match &tokens {
+            TokenFrom::Suite(..) => Endpoint::GetCorpToken,
+            TokenFrom::Secret(_) => Endpoint::GetToken,
+        };
+        let mut endpoints = vec![fetch.path()];
+        endpoints.extend(Endpoint::LIMITED.map(Endpoint::path));
+        self.metrics.add_app(&name, &endpoints);
+        let transport = self.transport(&name, &spec.api_base);
+        let local = self
+            .budgets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .for_corp(&spec.corp_id);
+        let (source, suite_name): (Arc<dyn TokenSource>, _) = match tokens {
+            TokenFrom::Secret(secret) => (
+                Arc::new(GetToken::new(
+                    spec.corp_id.clone(),
+                    secret,
+                    transport.clone(),
+                )),
+                None,
+            ),
+            TokenFrom::Suite(suite, permanent_code) => {
+                let name = Arc::from(suite.name());
+                let source = GetCorpToken::new(
+                    spec.corp_id.clone(),
+                    permanent_code,
+                    suite,
+                    transport.clone(),
+                );
+                (Arc::new(source), Some(name))
+            }
+        };
+        let source = self.shared(&spec.corp_id, &spec.name, source);
+        let budget: Arc<dyn RateBudget> = match &self.fleet {
+            Some(fleet) => Arc::new(SharedBudget::new(
+                Arc::clone(fleet),
+                &spec.corp_id,
+                limits.per_corp,
+                limits.per_gateway,
+                local,
+            )),
+            None => Arc::new(local),
+        };
+        let tokens = TokenCache::new(
+            Arc::clone(&name),
+            source,
+            settings.tokens.clone(),
+            settings.retry,
+            &self.metrics,
+        );
+        AppClient {
+            name,
+            suite: suite_name,
+            transport,
+            tokens,
+            retry: settings.retry,
+            budget,
+            max_rate_wait: settings.max_rate_wait,
+            line: tokio::sync::Mutex::new(()),
+            turns: Semaphore::new(settings.max_requests_per_app),
+            max_requests: settings.max_requests_per_app,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -413,13 +768,14 @@ mod tests {
         let spec = || AppSpec {
             name: "shop".to_owned(),
             corp_id: "ww1".to_owned(),
-            secret: SecretString::from("CORP-SECRET".to_owned()),
+            credentials: AppCredentials::Secret(SecretString::from("CORP-SECRET".to_owned())),
+            group: "config".to_owned(),
             api_base: "https://user:URL-PASSWORD@proxy.example/wecom"
                 .parse()
                 .unwrap(),
         };
         let shown = format!("{:?}", spec());
-        let apps = Apps::new(&settings, [spec()], "shop".to_owned(), &Metrics::new()).unwrap();
+        let apps = Apps::new(&settings, [], [spec()], "shop".to_owned(), &Metrics::new()).unwrap();
         let shown = format!("{shown} {apps:?}");
         assert!(shown.contains("user:****@proxy.example"), "{shown}");
         for secret in ["CORP-SECRET", "URL-PASSWORD"] {

@@ -33,6 +33,19 @@ pub(crate) const OUT_OF_VISIBLE_RANGE: i64 = 60011;
 pub(crate) const UNTRUSTED_IP: i64 = 60020;
 /// 无权限操作指定的应用.
 pub(crate) const APP_NOT_PERMITTED: i64 = 301002;
+/// 不合法的suite_secret (`get_suite_token`).
+pub(crate) const INVALID_SUITE_SECRET: i64 = 40080;
+/// 不合法的suite_access_token (`get_corp_token`).
+pub(crate) const INVALID_SUITE_TOKEN: i64 = 40082;
+/// 不合法的suite_id (`get_suite_token`).
+pub(crate) const INVALID_SUITE_ID: i64 = 40083;
+/// 不合法的永久授权码 (`get_corp_token`): the corp cancelled the authorisation, or
+/// its permanent code was reset.
+pub(crate) const INVALID_PERMANENT_CODE: i64 = 40084;
+/// 不合法的suite_ticket: stale (older than 30 minutes) or not WeCom's newest.
+pub(crate) const INVALID_SUITE_TICKET: i64 = 40085;
+/// suite_access_token已过期.
+pub(crate) const SUITE_TOKEN_EXPIRED: i64 = 42009;
 /// 不合法的open_kfid.
 pub(crate) const INVALID_OPEN_KFID: i64 = 95000;
 /// open_kfid不存在.
@@ -53,6 +66,16 @@ pub(crate) fn is_token_error(errcode: i64) -> bool {
 /// `gettoken` refused the corp id or the secret.
 pub(crate) fn is_credential_error(errcode: i64) -> bool {
     matches!(errcode, INVALID_CREDENTIAL | INVALID_CORPID)
+}
+
+/// `get_corp_token` refused the suite's token: refresh it and retry once.
+pub(crate) fn is_suite_token_error(errcode: i64) -> bool {
+    matches!(errcode, INVALID_SUITE_TOKEN | SUITE_TOKEN_EXPIRED)
+}
+
+/// `get_suite_token` refused the suite id or secret.
+pub(crate) fn is_suite_credential_error(errcode: i64) -> bool {
+    matches!(errcode, INVALID_SUITE_SECRET | INVALID_SUITE_ID)
 }
 
 /// Whether the gateway knows `errcode` (a constant above, or a 微信客服 errcode):
@@ -77,5 +100,11 @@ pub(crate) fn is_known(errcode: i64) -> bool {
                 | OUT_OF_VISIBLE_RANGE
                 | UNTRUSTED_IP
                 | APP_NOT_PERMITTED
+                | INVALID_SUITE_SECRET
+                | INVALID_SUITE_TOKEN
+                | INVALID_SUITE_ID
+                | INVALID_PERMANENT_CODE
+                | INVALID_SUITE_TICKET
+                | SUITE_TOKEN_EXPIRED
         )
 }

@@ -16,6 +16,10 @@ pub enum Endpoint {
     UpgradeService,
     /// `POST /cgi-bin/kf/customer/cancel_upgrade_service`.
     CancelUpgrade,
+    /// `POST /cgi-bin/service/get_suite_token`: a third-party suite's token.
+    GetSuiteToken,
+    /// `POST /cgi-bin/service/get_corp_token`: an authorised corp's token, from its suite's.
+    GetCorpToken,
 }
 
 impl Endpoint {
@@ -26,16 +30,34 @@ impl Endpoint {
             Endpoint::GetUpgradeConfig => "/cgi-bin/kf/customer/get_upgrade_service_config",
             Endpoint::UpgradeService => "/cgi-bin/kf/customer/upgrade_service",
             Endpoint::CancelUpgrade => "/cgi-bin/kf/customer/cancel_upgrade_service",
+            Endpoint::GetSuiteToken => "/cgi-bin/service/get_suite_token",
+            Endpoint::GetCorpToken => "/cgi-bin/service/get_corp_token",
         }
     }
 
     /// Every endpoint the gateway calls.
-    pub const ALL: [Endpoint; 4] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::GetToken,
         Endpoint::GetUpgradeConfig,
         Endpoint::UpgradeService,
         Endpoint::CancelUpgrade,
+        Endpoint::GetSuiteToken,
+        Endpoint::GetCorpToken,
     ];
+
+    /// Whether it fetches a token (rather than using one for a business call).
+    pub const fn fetches_token(self) -> bool {
+        matches!(
+            self,
+            Endpoint::GetToken | Endpoint::GetSuiteToken | Endpoint::GetCorpToken
+        )
+    }
+
+    /// Whether WeCom leaves `errcode` out of a successful answer (the provider
+    /// APIs do); elsewhere it is always there.
+    pub const fn errcode_only_on_failure(self) -> bool {
+        matches!(self, Endpoint::GetSuiteToken | Endpoint::GetCorpToken)
+    }
 
     /// The name of a request's span: its HTTP method and path.
     pub const fn span_name(self) -> &'static str {
@@ -44,6 +66,8 @@ impl Endpoint {
             Endpoint::GetUpgradeConfig => "GET /cgi-bin/kf/customer/get_upgrade_service_config",
             Endpoint::UpgradeService => "POST /cgi-bin/kf/customer/upgrade_service",
             Endpoint::CancelUpgrade => "POST /cgi-bin/kf/customer/cancel_upgrade_service",
+            Endpoint::GetSuiteToken => "POST /cgi-bin/service/get_suite_token",
+            Endpoint::GetCorpToken => "POST /cgi-bin/service/get_corp_token",
         }
     }
 }
@@ -144,12 +168,13 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
-    /// No access token was had before the call's deadline (a slow `gettoken`, or
-    /// another replica's fetch); nothing was sent.
-    #[error("no access token for WeCom {endpoint} before the call's deadline")]
+    /// No access token could be had; nothing was sent.
+    #[error("no access token for WeCom {endpoint}: {why}")]
     NoToken {
-        /// Which call was waiting.
+        /// Which call was waiting (or which token fetch could not be made).
         endpoint: Endpoint,
+        /// Why not.
+        why: NoTokenWhy,
     },
     /// The gateway's own rate limit (WeCom's frequency limits) has no slot before
     /// the call's deadline or its longest wait; nothing was sent.
@@ -162,6 +187,18 @@ pub enum Error {
         /// When a slot may free.
         retry_after: Duration,
     },
+}
+
+/// Why no access token could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoTokenWhy {
+    /// None before the call's deadline (a slow token fetch, or another replica's).
+    #[error("none before the call's deadline")]
+    Deadline,
+    /// A suite's token needs a `suite_ticket`, and WeCom has pushed none to this
+    /// gateway yet (it pushes one every ten minutes to the suite's callback URL).
+    #[error("WeCom has pushed no suite_ticket to the callback endpoint yet")]
+    NoSuiteTicket,
 }
 
 /// A business call that failed: its last error, and whether WeCom may have applied
@@ -244,14 +281,30 @@ impl Error {
     /// The access token used was refused: refresh it and retry the call once.
     pub fn is_stale_token(&self) -> bool {
         matches!(self, Error::Api { endpoint, errcode, .. }
-            if *endpoint != Endpoint::GetToken && errcode::is_token_error(*errcode))
+            if !endpoint.fetches_token() && errcode::is_token_error(*errcode))
     }
 
-    /// `gettoken` refused the corp id or secret: retrying cannot help until an
-    /// operator fixes the configuration.
+    /// `get_corp_token` refused the suite's token: refresh it and retry once.
+    pub fn is_stale_suite_token(&self) -> bool {
+        matches!(self, Error::Api { endpoint: Endpoint::GetCorpToken, errcode, .. }
+            if errcode::is_suite_token_error(*errcode))
+    }
+
+    /// A token fetch was refused its credentials (corp id and secret, suite id and
+    /// secret, a corp's permanent code): retrying cannot help until an operator
+    /// fixes the configuration or the corp authorises the suite again.
     pub fn is_credential_rejection(&self) -> bool {
-        matches!(self, Error::Api { endpoint: Endpoint::GetToken, errcode, .. }
-            if errcode::is_credential_error(*errcode))
+        match self {
+            Error::Api {
+                endpoint, errcode, ..
+            } => match endpoint {
+                Endpoint::GetToken => errcode::is_credential_error(*errcode),
+                Endpoint::GetSuiteToken => errcode::is_suite_credential_error(*errcode),
+                Endpoint::GetCorpToken => *errcode == errcode::INVALID_PERMANENT_CODE,
+                _ => false,
+            },
+            _ => false,
+        }
     }
 
     /// Worth retrying the same request after a pause.

@@ -5,6 +5,10 @@
 //! with a fresh token after a token error, bounded jittered retries after `-1`,
 //! HTTP 5xx and transport errors, nothing else. The adapter knows nothing of the
 //! gateway's configuration: it takes [`AdapterSettings`] and [`AppSpec`]s.
+//!
+//! An app's token comes from `gettoken`, or, for a corp that authorised a
+//! third-party suite, from `get_corp_token` with the token of the suite
+//! ([`suite`]), which WeCom's pushed `suite_ticket` opens.
 
 mod api;
 mod client;
@@ -13,11 +17,14 @@ mod error;
 mod fleet;
 mod limit;
 mod retry;
+pub mod suite;
 mod token;
 mod transport;
 
-pub use client::{AdapterSettings, AppClient, AppSpec, Apps};
-pub use error::{Endpoint, Error, Failed, TransportCause, TransportKind};
+pub use client::{
+    AdapterSettings, AppChanges, AppClient, AppCredentials, AppSpec, Apps, AppsError,
+};
+pub use error::{Endpoint, Error, Failed, NoTokenWhy, TransportCause, TransportKind};
 pub use fleet::FleetSettings;
 pub use limit::{NoSlot, RateBudget, RateLimits, WindowLimits};
 pub use retry::Retry;

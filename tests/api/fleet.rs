@@ -22,14 +22,14 @@ use wecom_kf_upgrade::{
 use crate::{helpers::*, process::Gateway};
 
 /// A `redis-server` of the test's own on a free loopback port, nothing persisted.
-struct RedisServer {
+pub struct RedisServer {
     port: u16,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// A running server, or `None` (with a message) where none is installed.
-    fn start() -> Option<Self> {
+    pub fn start() -> Option<Self> {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -55,7 +55,7 @@ impl RedisServer {
         Some(server)
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

@@ -448,7 +448,7 @@ pub async fn spawn_app_against(fake: &FakeUpstream) -> (Client, oneshot::Sender<
 }
 
 /// Logs go to the test output only with `TEST_LOG=1`.
-fn init_test_logging() {
+pub fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = telemetry::init(false);
     }

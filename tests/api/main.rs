@@ -12,6 +12,7 @@ mod http;
 mod lifecycle;
 mod observability;
 mod process;
+mod provider;
 mod reliability;
 mod tls;
 mod token;

@@ -10,6 +10,8 @@
 //!   without Redis, and the fallback log;
 //! - `tokens`: [`SharedTokens`], a [`TokenSource`](super::TokenSource) that reads
 //!   the fleet's token and lets one replica at a time fetch a new one;
+//! - `tickets`: [`SharedTickets`], a suite's newest `suite_ticket`, which WeCom
+//!   pushes to one replica and every replica needs;
 //! - `budget`: [`SharedBudget`], a [`RateBudget`](super::RateBudget) whose windows
 //!   live in Redis, one script per check.
 //!
@@ -18,6 +20,7 @@
 //! slot of a Redis Cluster.
 
 mod budget;
+mod tickets;
 mod tokens;
 
 use std::{
@@ -39,6 +42,7 @@ use redis::{
 use crate::telemetry::Metrics;
 
 pub(crate) use budget::SharedBudget;
+pub(crate) use tickets::SharedTickets;
 pub(crate) use tokens::SharedTokens;
 
 /// How often a replica that cannot reach Redis says so.

@@ -261,6 +261,28 @@ impl TokenCache {
         dropped
     }
 
+    /// Ends the hold of a failed fetch: what it lacked (a suite ticket) has come,
+    /// so the next caller without a token starts a fetch at once instead of
+    /// getting the held error until the backoff ends. A cool-down after refused
+    /// credentials stays: a new ticket does not fix a wrong secret.
+    pub(crate) fn retry_now(&self) {
+        let now = Instant::now();
+        self.shared.slot.send_if_modified(|slot| {
+            if let Some(held) = slot
+                .failed
+                .as_mut()
+                .filter(|held| !held.error.is_credential_rejection())
+            {
+                held.until = held.until.min(now);
+                // A background refresh that failed is due again too.
+                if let Some(current) = slot.current.as_mut() {
+                    current.refresh_at = current.refresh_at.min(now);
+                }
+            }
+            false
+        });
+    }
+
     /// Time left before the published token is dropped, if there is one.
     pub fn remaining(&self) -> Option<Duration> {
         self.shared.remaining()
@@ -589,6 +611,28 @@ mod tests {
         for result in concurrent_gets(&cache, 500).await {
             assert_eq!(result.unwrap().expose(), "token-1");
         }
+        assert_eq!(source.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_now_ends_a_backoff_but_not_a_credential_cooldown() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        // A failure that is not the credentials' (40085, a stale suite ticket): held
+        // for the backoff, which retry_now ends.
+        source.fail_next(1, 40085);
+        assert!(cache.get().await.is_err());
+        assert!(cache.get().await.is_err(), "held: no new fetch");
+        assert_eq!(source.calls(), 1);
+        cache.retry_now();
+        assert_eq!(cache.get().await.unwrap().expose(), "token-2");
+
+        let source = Scripted::new(HOUR);
+        let cache = self::cache(source.clone());
+        source.fail_next(1, 40001);
+        assert!(cache.get().await.is_err());
+        cache.retry_now();
+        assert!(cache.get().await.is_err(), "still cooling down");
         assert_eq!(source.calls(), 1);
     }
 

@@ -1,0 +1,437 @@
+//! The callback endpoint of third-party suites: where WeCom verifies the callback
+//! URL and pushes each suite's `suite_ticket` and authorisation events.
+//!
+//! It has a listener of its own (`[callback] listen`, port 9466): WeCom must reach
+//! it from the internet, while the gRPC port serves internal callers behind
+//! caller authentication, and the admin port exposes metrics. Only this port is
+//! published (an Ingress to `/suites/`), and it does nothing but receive
+//! WeCom's signed, encrypted messages.
+//!
+//! - `GET /suites/{suite}/callback?msg_signature&timestamp&nonce&echostr`: the URL
+//!   check; the decrypted `echostr` is the answer.
+//! - `POST /suites/{suite}/callback?msg_signature&timestamp&nonce` with WeCom's XML
+//!   envelope: the `suite_ticket` is stored, other InfoTypes are logged, and the
+//!   answer is `success`.
+//!
+//! A callback is refused with nothing stored when its timestamp is further from
+//! the gateway's clock than `max_clock_skew_secs`, when its (timestamp, nonce,
+//! signature) was seen before, when its signature or receiver id is wrong, and
+//! when its body is not what WeCom sends.
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Router,
+    body::{Body, to_bytes},
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+
+use crate::{
+    config::{CallbackSettings, SuiteSettings},
+    telemetry::Metrics,
+    wecom::{
+        Apps,
+        suite::{
+            Suite, TicketOutcome,
+            crypto::{CryptError, MsgCrypt},
+            event::{SuiteEvent, fields},
+        },
+    },
+};
+
+/// Longest a callback's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The endpoint's state: each suite's crypto, and the callbacks seen lately.
+#[derive(Debug)]
+pub struct Callbacks {
+    apps: Apps,
+    metrics: Metrics,
+    suites: BTreeMap<String, Receiver>,
+    settings: CallbackSettings,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug)]
+struct Receiver {
+    suite: Arc<Suite>,
+    /// Its name, as metrics label it.
+    label: Arc<str>,
+    crypt: MsgCrypt,
+    /// The receiver ids a URL check may carry: the suite id, and the provider's
+    /// corp id when configured.
+    url_check_ids: Vec<String>,
+}
+
+/// The query WeCom signs.
+#[derive(Debug, Deserialize)]
+struct Signed {
+    msg_signature: String,
+    timestamp: String,
+    nonce: String,
+    echostr: Option<String>,
+}
+
+/// Why a callback was refused; the answer says so in a few words, and the log
+/// says which suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    UnknownSuite,
+    MissingQuery,
+    Stale,
+    Replayed,
+    BadSignature,
+    WrongReceiver,
+    Malformed,
+    TooLarge,
+}
+
+impl Refusal {
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::UnknownSuite => StatusCode::NOT_FOUND,
+            Refusal::MissingQuery | Refusal::Malformed => StatusCode::BAD_REQUEST,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Stale | Refusal::Replayed | Refusal::BadSignature | Refusal::WrongReceiver => {
+                StatusCode::FORBIDDEN
+            }
+        }
+    }
+
+    /// The outcome metrics count it as.
+    const fn outcome(self) -> &'static str {
+        match self {
+            Refusal::UnknownSuite => "unknown_suite",
+            Refusal::MissingQuery => "missing_query",
+            Refusal::Stale => "stale",
+            Refusal::Replayed => "replayed",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::WrongReceiver => "wrong_receiver",
+            Refusal::Malformed => "malformed",
+            Refusal::TooLarge => "too_large",
+        }
+    }
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownSuite => "unknown suite",
+            Refusal::MissingQuery => "msg_signature, timestamp and nonce are required",
+            Refusal::Stale => "timestamp too far from the gateway's clock",
+            Refusal::Replayed => "callback already received",
+            Refusal::BadSignature => "signature does not match",
+            Refusal::WrongReceiver => "message is for another receiver",
+            Refusal::Malformed => "malformed callback",
+            Refusal::TooLarge => "callback too large",
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status(), self.as_str()).into_response()
+    }
+}
+
+impl From<CryptError> for Refusal {
+    fn from(error: CryptError) -> Self {
+        match error {
+            CryptError::SignatureMismatch => Refusal::BadSignature,
+            CryptError::InvalidAesKey | CryptError::NotBase64 | CryptError::Malformed => {
+                Refusal::Malformed
+            }
+        }
+    }
+}
+
+impl Callbacks {
+    /// The endpoint of `suites` (running in `apps`), as configured. A suite whose
+    /// EncodingAESKey is unusable was refused when the configuration loaded.
+    pub fn new(
+        apps: Apps,
+        suites: &BTreeMap<String, SuiteSettings>,
+        settings: CallbackSettings,
+        metrics: &Metrics,
+    ) -> Self {
+        let receivers = suites
+            .iter()
+            .filter_map(|(name, settings)| {
+                let suite = Arc::clone(apps.suite(name)?);
+                let crypt = MsgCrypt::new(
+                    settings.callback_token.clone(),
+                    secrecy::ExposeSecret::expose_secret(&settings.encoding_aes_key),
+                )
+                .ok()?;
+                let mut url_check_ids = vec![settings.suite_id.clone()];
+                url_check_ids.extend(settings.provider_corp_id.clone());
+                Some((
+                    name.clone(),
+                    Receiver {
+                        label: Arc::from(suite.name()),
+                        suite,
+                        crypt,
+                        url_check_ids,
+                    },
+                ))
+            })
+            .collect();
+        Self {
+            apps,
+            metrics: metrics.clone(),
+            suites: receivers,
+            seen: Mutex::new(Seen::new(settings.max_remembered)),
+            settings,
+        }
+    }
+
+    /// The routes, for the callback listener.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/suites/{suite}/callback", get(verify_url).post(receive))
+            .with_state(self)
+    }
+
+    /// Finds the suite and checks the timestamp, the signature and that the
+    /// callback is new; returns what it decrypts to.
+    fn open(
+        &self,
+        suite: &str,
+        query: Result<Query<Signed>, QueryRejection>,
+        encrypted: &str,
+        receivers: impl Fn(&Receiver) -> Vec<&str>,
+    ) -> Result<(&Receiver, Vec<u8>), Refusal> {
+        let receiver = self.suites.get(suite).ok_or(Refusal::UnknownSuite)?;
+        let Query(signed) = query.map_err(|_| Refusal::MissingQuery)?;
+        let timestamp: i64 = signed
+            .timestamp
+            .parse()
+            .map_err(|_| Refusal::MissingQuery)?;
+        let skew = i64::try_from(self.settings.max_clock_skew.as_secs()).unwrap_or(i64::MAX);
+        if now().abs_diff(timestamp) > skew.unsigned_abs() {
+            return Err(Refusal::Stale);
+        }
+        let opened = receiver.crypt.open(
+            &signed.msg_signature,
+            &signed.timestamp,
+            &signed.nonce,
+            encrypted,
+        )?;
+        if !receivers(receiver).contains(&opened.receive_id.as_str()) {
+            return Err(Refusal::WrongReceiver);
+        }
+        let key = (
+            signed.timestamp,
+            signed.nonce,
+            signed.msg_signature.to_ascii_lowercase(),
+        );
+        let first = self
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first_time(key, timestamp, now() - skew);
+        if !first {
+            return Err(Refusal::Replayed);
+        }
+        Ok((receiver, opened.message))
+    }
+}
+
+/// Unix seconds now.
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The (timestamp, nonce, signature) of callbacks accepted within the clock
+/// skew window: a replay of one is refused.
+#[derive(Debug)]
+struct Seen {
+    keys: HashSet<(String, String, String)>,
+    /// Oldest first, with their timestamps, to forget them once out of the window.
+    order: VecDeque<(i64, (String, String, String))>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn new(capacity: usize) -> Self {
+        Self {
+            keys: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Remembers `key`; false if it was seen already. Callbacks older than
+    /// `oldest` are forgotten: their timestamps are refused anyway.
+    fn first_time(&mut self, key: (String, String, String), timestamp: i64, oldest: i64) -> bool {
+        while let Some((at, _)) = self.order.front()
+            && (*at < oldest || self.order.len() >= self.capacity)
+        {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        if !self.keys.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back((timestamp, key));
+        true
+    }
+}
+
+/// WeCom's check of the callback URL: answer the decrypted `echostr`.
+async fn verify_url(
+    State(callbacks): State<Arc<Callbacks>>,
+    Path(suite): Path<String>,
+    query: Result<Query<Signed>, QueryRejection>,
+) -> Response {
+    let echostr = query
+        .as_ref()
+        .ok()
+        .and_then(|Query(signed)| signed.echostr.clone())
+        .unwrap_or_default();
+    let opened = callbacks.open(&suite, query, &echostr, |r| {
+        r.url_check_ids.iter().map(String::as_str).collect()
+    });
+    match opened {
+        Ok((receiver, echo)) => {
+            callbacks.counted(receiver, "url_verified");
+            let suite = receiver.suite.name();
+            tracing::info!(suite, "callback URL verified by WeCom");
+            (StatusCode::OK, echo).into_response()
+        }
+        Err(refusal) => callbacks.refused(&suite, "URL check", refusal),
+    }
+}
+
+/// A callback: the suite ticket is stored, other events logged; `success`.
+async fn receive(
+    State(callbacks): State<Arc<Callbacks>>,
+    Path(suite): Path<String>,
+    query: Result<Query<Signed>, QueryRejection>,
+    body: Body,
+) -> Response {
+    let limit = callbacks.settings.max_body_bytes;
+    let body = match tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, limit)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return callbacks.refused(&suite, "callback", Refusal::TooLarge),
+        Err(_) => return callbacks.refused(&suite, "callback", Refusal::Malformed),
+    };
+    let encrypted = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|xml| fields(xml).ok())
+        .and_then(|mut fields| fields.remove("Encrypt"))
+        .filter(|encrypted| !encrypted.is_empty());
+    let Some(encrypted) = encrypted else {
+        return callbacks.refused(&suite, "callback", Refusal::Malformed);
+    };
+    let opened = callbacks.open(&suite, query, &encrypted, |r| vec![r.suite.suite_id()]);
+    let (receiver, message) = match opened {
+        Ok(opened) => opened,
+        Err(refusal) => return callbacks.refused(&suite, "callback", refusal),
+    };
+    let event = std::str::from_utf8(&message)
+        .ok()
+        .and_then(|xml| SuiteEvent::parse(xml, receiver.suite.suite_id()).ok());
+    let Some(event) = event else {
+        return callbacks.refused(&suite, "callback", Refusal::Malformed);
+    };
+    callbacks.take(receiver, event).await;
+    (StatusCode::OK, "success").into_response()
+}
+
+impl Callbacks {
+    /// Acts on an event that passed every check: a ticket is kept if it is the
+    /// newest; authorisation events are logged for the operator.
+    async fn take(&self, receiver: &Receiver, event: SuiteEvent) {
+        let suite = receiver.suite.name();
+        match event {
+            SuiteEvent::Ticket { ticket, issued_at } => {
+                let outcome = self
+                    .apps
+                    .suite_ticket(&receiver.suite, ticket, issued_at)
+                    .await;
+                if outcome == TicketOutcome::Stored {
+                    self.counted(receiver, "ticket_stored");
+                    tracing::info!(suite, issued_at, "suite_ticket received");
+                } else {
+                    self.counted(receiver, "ticket_older");
+                    tracing::info!(
+                        suite,
+                        issued_at,
+                        "suite_ticket older than the one held: ignored"
+                    );
+                }
+            }
+            SuiteEvent::Authorisation { info_type, corp_id } => {
+                self.counted(receiver, "event");
+                tracing::warn!(
+                    suite,
+                    info_type,
+                    corp_id,
+                    "authorisation changed at WeCom: update the suite's corps file \
+                     (auth_corpid and permanent_code) to match"
+                );
+            }
+            SuiteEvent::Other { info_type } => {
+                self.counted(receiver, "event");
+                tracing::info!(suite, info_type, "callback acknowledged");
+            }
+        }
+    }
+
+    fn counted(&self, receiver: &Receiver, outcome: &'static str) {
+        self.metrics.suite_callback(&receiver.label, outcome);
+    }
+
+    /// Logs and counts a refused callback, and answers it.
+    fn refused(&self, suite: &str, what: &'static str, refusal: Refusal) -> Response {
+        let label = match self.suites.get(suite) {
+            Some(receiver) => Arc::clone(&receiver.label),
+            None => Arc::from("unknown"),
+        };
+        self.metrics.suite_callback(&label, refusal.outcome());
+        let suite: String = suite.chars().take(64).collect();
+        let reason = refusal.as_str();
+        tracing::warn!(suite, what, reason, "callback refused; nothing stored");
+        refusal.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: &str) -> (String, String, String) {
+        (n.to_owned(), n.to_owned(), n.to_owned())
+    }
+
+    #[test]
+    fn a_callback_is_accepted_once_and_forgotten_out_of_the_window() {
+        let mut seen = Seen::new(10);
+        assert!(seen.first_time(key("a"), 100, 0));
+        assert!(!seen.first_time(key("a"), 100, 0));
+        assert!(seen.first_time(key("b"), 200, 0));
+        // "a" falls out of the window: forgotten (its timestamp is refused anyway).
+        assert!(seen.first_time(key("c"), 300, 150));
+        assert!(!seen.keys.contains(&key("a")));
+        assert!(!seen.first_time(key("b"), 200, 150));
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let mut seen = Seen::new(3);
+        for i in 0..100 {
+            assert!(seen.first_time(key(&i.to_string()), 1000, 0));
+        }
+        assert!(seen.keys.len() <= 3 && seen.order.len() <= 3);
+    }
+}
