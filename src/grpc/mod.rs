@@ -15,6 +15,8 @@ pub mod codec;
 mod convert;
 mod deadline;
 mod error;
+#[doc(hidden)]
+pub mod hot_paths;
 mod http;
 mod service;
 pub mod status;

@@ -10,7 +10,7 @@
 //! third-party suite, from `get_corp_token` with the token of the suite
 //! ([`suite`]), which WeCom's pushed `suite_ticket` opens.
 
-mod api;
+pub(crate) mod api;
 mod client;
 pub(crate) mod errcode;
 mod error;
