@@ -28,7 +28,8 @@ use wecom_kf_upgrade::{
     wecom::{AccessToken, Error, IssuedToken, Retry, TokenCache, TokenPolicy, TokenSource},
 };
 
-/// A token source that always issues the same token, valid for two hours.
+/// A token source that always issues the same token, valid for two hours: 214
+/// characters, as long as the tokens WeCom issues (it asks for 512 bytes of room).
 #[derive(Debug)]
 struct FixedToken;
 
@@ -36,7 +37,7 @@ struct FixedToken;
 impl TokenSource for FixedToken {
     async fn fetch(&self, _attempt: u32) -> Result<IssuedToken, Error> {
         Ok(IssuedToken {
-            token: AccessToken::new("ACCESS_TOKEN"),
+            token: AccessToken::new("t".repeat(214)),
             expires_in: Duration::from_secs(7200),
         })
     }

@@ -42,7 +42,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         /// Which listener.
         what: &'static str,
@@ -51,17 +51,17 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
-    /// The WeCom clients could not be built (the HTTP client's TLS set-up).
-    #[error("cannot set up the WeCom apps: {0}")]
+    /// The WeCom clients could not be built (the HTTP client: TLS, proxies).
+    #[error("cannot set up the WeCom apps")]
     Apps(#[from] AppsError),
     /// The gRPC port's TLS files cannot be used.
-    #[error("cannot set up TLS on the gRPC port: {0}")]
+    #[error("cannot set up TLS on the gRPC port")]
     Tls(#[from] TlsError),
     /// Reflection could not read the descriptor sets.
-    #[error("cannot build server reflection: {0}")]
+    #[error("cannot build server reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
     /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
     /// The gRPC server ended without being asked to.
     #[error("{0}")]

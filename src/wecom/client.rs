@@ -22,7 +22,7 @@ use super::{
         GetCorpToken, GetSuiteToken, MemoryTickets, Suite, SuiteSpec, TicketOutcome, TicketStore,
     },
     token::TokenSource,
-    transport::{Call, HttpClient, Transport},
+    transport::{Call, ClientError, HttpClient, Transport},
 };
 use crate::{
     domain::{Customer, Upgrade, UpgradeConfig},
@@ -533,9 +533,9 @@ impl Apps {
 /// Why the apps could not be built or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum AppsError {
-    /// The HTTP client for WeCom could not be built (TLS set-up).
-    #[error("cannot build the WeCom HTTP client: {0}")]
-    HttpClient(#[source] rustls::Error),
+    /// The HTTP client for WeCom could not be built.
+    #[error("cannot build the WeCom HTTP client")]
+    HttpClient(#[source] ClientError),
     /// An app of one file has the name of an app of another.
     #[error("app `{app}` is already configured in {group}")]
     Taken {

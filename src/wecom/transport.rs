@@ -63,7 +63,55 @@ pub struct HttpSettings {
 /// hyper-util's pooled client, not reqwest: reqwest wraps this same client in
 /// layers (redirects, retries, its own URL type) that cost a third of the
 /// gateway's CPU per call and that the gateway does not use.
-pub(crate) type HttpClient = Client<HttpsConnector<Egress>, Full<Bytes>>;
+pub(crate) type HttpClient = Client<ConnectWithin<HttpsConnector<Egress>>, Full<Bytes>>;
+
+/// How often an HTTP/2 connection to WeCom is pinged, and how long an answer may take.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the HTTP client for WeCom cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TLS set-up failed.
+    #[error("TLS set-up")]
+    Tls(#[from] rustls::Error),
+    /// A proxy variable names a proxy of a kind the gateway cannot use.
+    #[error(
+        "{variable} names a {scheme}:// proxy; only http:// proxies are supported \
+         (the gateway tunnels to WeCom through them with CONNECT)"
+    )]
+    ProxyScheme {
+        /// The environment variable.
+        variable: &'static str,
+        /// The proxy URL's scheme (the URL itself may hold a password).
+        scheme: String,
+    },
+}
+
+/// The proxy variables as curl reads them: each must name an `http://` proxy (or
+/// a bare `host:port`, which means one).
+fn check_proxy_schemes(var: impl Fn(&str) -> Option<String>) -> Result<(), ClientError> {
+    const VARIABLES: [&str; 6] = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ];
+    for variable in VARIABLES {
+        let Some(value) = var(variable) else { continue };
+        if let Some((scheme, _)) = value.trim().split_once("://")
+            && !scheme.eq_ignore_ascii_case("http")
+        {
+            return Err(ClientError::ProxyScheme {
+                variable,
+                scheme: scheme.to_ascii_lowercase(),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// An HTTP client bound to one app's WeCom API base.
 #[derive(Clone)]
@@ -117,9 +165,10 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 impl Transport {
     /// Builds the shared HTTP client: rustls with Mozilla's roots, HTTP/2 when
-    /// offered, bounded connect time and idle pool. Redirects are never followed
-    /// (hyper does not): following one would send the token elsewhere.
-    pub(crate) fn client(settings: &HttpSettings) -> Result<HttpClient, rustls::Error> {
+    /// offered, the proxies the environment names, bounded connect time and idle
+    /// pool. Redirects are never followed (hyper does not): following one would
+    /// send the token elsewhere.
+    pub(crate) fn client(settings: &HttpSettings) -> Result<HttpClient, ClientError> {
         let tls =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()?
@@ -127,26 +176,39 @@ impl Transport {
                     roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
                 })
                 .with_no_client_auth();
-        Ok(Self::client_with_tls(settings, tls))
+        check_proxy_schemes(|name| std::env::var(name).ok())?;
+        Ok(Self::client_with(settings, tls, Matcher::from_env()))
     }
 
-    /// The shared client with a TLS configuration of the caller's (tests: their own CA).
-    pub(crate) fn client_with_tls(settings: &HttpSettings, tls: ClientConfig) -> HttpClient {
+    /// The shared client with a TLS configuration and proxies of the caller's
+    /// (tests: their own CA, their own proxy).
+    pub(crate) fn client_with(
+        settings: &HttpSettings,
+        tls: ClientConfig,
+        proxies: Matcher,
+    ) -> HttpClient {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(settings.connect_timeout));
         tcp.set_nodelay(true);
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(Egress::from_env(tcp));
+            .wrap_connector(Egress::new(tcp, proxies));
         Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(settings.max_idle_connections)
             .pool_idle_timeout(settings.idle_timeout)
-            .build(connector)
+            // An HTTP/2 connection is shared by every call: a dead one (a NAT or a
+            // firewall dropped it) must be found by a ping, not by timed-out calls.
+            .http2_keep_alive_interval(H2_PING_INTERVAL)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            .http2_keep_alive_while_idle(true)
+            .build(ConnectWithin {
+                inner: connector,
+                limit: settings.connect_timeout,
+            })
     }
 
     pub(crate) fn new(
@@ -316,10 +378,6 @@ pub(crate) struct Egress {
 }
 
 impl Egress {
-    fn from_env(tcp: HttpConnector) -> Self {
-        Self::new(tcp, Matcher::from_env())
-    }
-
     fn new(tcp: HttpConnector, proxies: Matcher) -> Self {
         Self {
             tcp,
@@ -347,7 +405,9 @@ impl tower_service::Service<Uri> for Egress {
                 if let Some(credentials) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(credentials.clone());
                 }
-                Box::pin(async move { Ok(tunnel.call(target).await?) })
+                // The tunnel assumes port 443 when the target names none.
+                let target = with_port(target);
+                Box::pin(async move { Ok(tunnel.call(target?).await?) })
             }
             None => {
                 let connecting = self.tcp.call(target);
@@ -358,6 +418,54 @@ impl tower_service::Service<Uri> for Egress {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `target` with its port written out (80 for `http`, 443 for `https`).
+fn with_port(target: Uri) -> Result<Uri, BoxError> {
+    if target.port().is_some() {
+        return Ok(target);
+    }
+    let port = if target.scheme() == Some(&http::uri::Scheme::HTTP) {
+        80
+    } else {
+        443
+    };
+    let host = target.host().ok_or("no host to connect to")?;
+    let scheme = target.scheme_str().unwrap_or("https");
+    Ok(Uri::try_from(format!("{scheme}://{host}:{port}/"))?)
+}
+
+/// A connector whose whole connect (DNS, TCP, a proxy's CONNECT, TLS) must finish
+/// within `limit`; past it the connect fails, and the request was not sent.
+#[derive(Clone)]
+pub(crate) struct ConnectWithin<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for ConnectWithin<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, target: Uri) -> Self::Future {
+        let (connecting, limit) = (self.inner.call(target), self.limit);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("no connection within {limit:?}").into()),
+            }
+        })
+    }
+}
 
 /// `Basic base64(user:password)` from a URL's userinfo, percent-decoded; sensitive,
 /// so HTTP/2's header compression never indexes it.
@@ -375,9 +483,18 @@ fn basic_auth(url: &Url) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// Connect errors (the request was never sent) apart from the rest.
+/// Errors before the request was sent (no connection, or hyper handing the request
+/// back unsent because its connection closed first) apart from the rest.
 fn kind_of(error: &hyper_util::client::legacy::Error) -> TransportKind {
-    if error.is_connect() {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut unsent = error.is_connect();
+    while let Some(error) = cause {
+        unsent |= error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled);
+        cause = error.source();
+    }
+    if unsent {
         TransportKind::Connect
     } else {
         TransportKind::Other
@@ -491,24 +608,13 @@ mod tests {
         }
 
         fn transport(&self) -> Transport {
+            self.transport_via(Matcher::builder().build())
+        }
+
+        fn transport_via(&self, proxies: Matcher) -> Transport {
             let mut roots = RootCertStore::empty();
             roots.add(self.ca.clone()).unwrap();
-            let tls = ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let settings = HttpSettings {
-                connect_timeout: Duration::from_secs(2),
-                request_timeout: Duration::from_secs(5),
-                max_body_bytes: 1 << 16,
-                max_idle_connections: 64,
-                idle_timeout: Duration::from_secs(20),
-            };
-            let http = Transport::client_with_tls(&settings, tls);
-            Transport::new(http, &self.base, &settings, "test".into(), Metrics::new())
+            transport(&self.base, roots, proxies)
         }
     }
 
@@ -600,10 +706,58 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_proxy_is_used_through_connect_with_its_credentials() {
+    fn settings() -> HttpSettings {
+        HttpSettings {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            max_body_bytes: 1 << 16,
+            max_idle_connections: 64,
+            idle_timeout: Duration::from_secs(20),
+        }
+    }
+
+    fn transport(base: &Url, roots: RootCertStore, proxies: Matcher) -> Transport {
+        let tls =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let http = Transport::client_with(&settings(), tls, proxies);
+        Transport::new(http, base, &settings(), "test".into(), Metrics::new())
+    }
+
+    /// A proxy that answers one `CONNECT` (keeping its head) and tunnels it to `to`,
+    /// whatever host it names.
+    async fn tunnel_proxy(
+        to: std::net::SocketAddr,
+    ) -> (std::net::SocketAddr, Arc<std::sync::Mutex<String>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // WeCom (plain HTTP/1.1 here) and a proxy that tunnels one CONNECT to it.
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = proxy.local_addr().unwrap();
+        let head = Arc::new(std::sync::Mutex::new(String::new()));
+        let asked = Arc::clone(&head);
+        tokio::spawn(async move {
+            let (mut client, _) = proxy.accept().await.unwrap();
+            let mut read = Vec::new();
+            while !read.ends_with(b"\r\n\r\n") {
+                let mut byte = [0];
+                client.read_exact(&mut byte).await.unwrap();
+                read.push(byte[0]);
+            }
+            *asked.lock().unwrap() = String::from_utf8_lossy(&read).into_owned();
+            let mut upstream = tokio::net::TcpStream::connect(to).await.unwrap();
+            client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
+        (addr, head)
+    }
+
+    #[tokio::test]
+    async fn an_http_base_without_a_port_is_tunnelled_to_port_80_with_the_proxy_credentials() {
         let wecom = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let wecom_addr = wecom.local_addr().unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -612,60 +766,19 @@ mod tests {
             let (tcp, _) = wecom.accept().await.unwrap();
             answer_one_http1(tcp, &answered).await;
         });
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_addr = proxy.local_addr().unwrap();
-        let connect = Arc::new(std::sync::Mutex::new(String::new()));
-        let asked = Arc::clone(&connect);
-        tokio::spawn(async move {
-            let (mut client, _) = proxy.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0];
-                client.read_exact(&mut byte).await.unwrap();
-                head.push(byte[0]);
-            }
-            *asked.lock().unwrap() = String::from_utf8_lossy(&head).into_owned();
-            let mut upstream = tokio::net::TcpStream::connect(wecom_addr).await.unwrap();
-            client
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await
-                .unwrap();
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-        });
-
-        let settings = HttpSettings {
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
-            max_body_bytes: 1024,
-            max_idle_connections: 1,
-            idle_timeout: Duration::from_secs(1),
-        };
+        let (proxy, connect) = tunnel_proxy(wecom_addr).await;
         let proxies = Matcher::builder()
-            .http(format!("http://user:pw@{proxy_addr}"))
+            .http(format!("http://user:pw@{proxy}"))
             .build();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(
-                ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(RootCertStore::empty())
-                .with_no_client_auth(),
-            )
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(Egress::new(tcp, proxies));
-        let http = Client::builder(TokioExecutor::new()).build(connector);
-        let base = Url::parse(&format!("http://{wecom_addr}")).unwrap();
-        let transport = Transport::new(http, &base, &settings, "t".into(), Metrics::new());
-        upgrade(&transport).await.unwrap();
+        // The host is resolved by the proxy, not here.
+        let base = Url::parse("http://wecom.invalid").unwrap();
+        upgrade(&transport(&base, RootCertStore::empty(), proxies))
+            .await
+            .unwrap();
 
         let connect = connect.lock().unwrap().clone();
         assert!(
-            connect.starts_with(&format!("CONNECT {wecom_addr} HTTP/1.1\r\n")),
+            connect.starts_with("CONNECT wecom.invalid:80 HTTP/1.1\r\n"),
             "{connect}"
         );
         // base64("user:pw")
@@ -676,24 +789,85 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
+    #[tokio::test]
+    async fn an_https_base_is_tunnelled_and_tls_runs_inside_the_tunnel() {
+        let front = TlsFront::start(&[b"h2", b"http/1.1"]).await;
+        let port = front.base.port().unwrap();
+        let (proxy, connect) = tunnel_proxy(([127, 0, 0, 1], port).into()).await;
+        let proxies = Matcher::builder().https(format!("http://{proxy}")).build();
+        upgrade(&front.transport_via(proxies)).await.unwrap();
+        let connect = connect.lock().unwrap().clone();
+        assert!(
+            connect.starts_with(&format!("CONNECT localhost:{port} HTTP/1.1\r\n")),
+            "{connect}"
+        );
+        assert_eq!(front.requests.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connect_that_stalls_in_the_tls_handshake_fails_as_unsent_within_the_connect_timeout()
+    {
+        // Accepts TCP, never answers the TLS ClientHello.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let base = Url::parse(&format!("https://localhost:{port}")).unwrap();
+        let started = Instant::now();
+        let error = upgrade(&transport(
+            &base,
+            RootCertStore::empty(),
+            Matcher::builder().build(),
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::Transport {
+                    kind: TransportKind::Connect,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(!error.may_have_been_applied());
+        // The connect timeout (2 s), not the request timeout (5 s).
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn only_http_proxies_are_accepted_and_the_refusal_shows_no_password() {
+        let vars = |value: &'static str| {
+            move |name: &str| (name == "HTTPS_PROXY").then(|| value.to_owned())
+        };
+        assert!(check_proxy_schemes(vars("http://u:p@proxy:3128")).is_ok());
+        assert!(check_proxy_schemes(vars("proxy:3128")).is_ok());
+        for (value, scheme) in [
+            ("https://u:SECRET@proxy", "https"),
+            ("socks5h://proxy:1080", "socks5h"),
+        ] {
+            let error = check_proxy_schemes(vars(value)).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("HTTPS_PROXY names a {scheme}:// proxy")),
+                "{error}"
+            );
+            assert!(!error.contains("SECRET"), "{error}");
+        }
+    }
+
     #[test]
     fn a_base_with_userinfo_sends_it_as_basic_authorization_never_in_the_url() {
         let base = Url::parse("https://proxy%20user:pa%3Ass@proxy.example/wecom/").unwrap();
-        let settings = HttpSettings {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            max_body_bytes: 1024,
-            max_idle_connections: 1,
-            idle_timeout: Duration::from_secs(1),
-        };
-        let tls =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(RootCertStore::empty())
-                .with_no_client_auth();
-        let http = Transport::client_with_tls(&settings, tls);
-        let transport = Transport::new(http, &base, &settings, "t".into(), Metrics::new());
+        let transport = transport(&base, RootCertStore::empty(), Matcher::builder().build());
         let call = Call {
             endpoint: Endpoint::GetToken,
             query: &[("corpid", "ww1"), ("corpsecret", "S")],

@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwapOption;
 use tokio::{
     sync::{Notify, watch},
     task::AbortHandle,
@@ -72,6 +73,10 @@ struct Shared {
     /// The published state. Callers read it, and mark it when they need a fetch or
     /// drop a refused token; only the refresher publishes fetch outcomes.
     slot: watch::Sender<Slot>,
+    /// `slot.current`, mirrored under the slot's lock whenever it changes: the
+    /// fast path reads it without the lock, whose reader count every thread would
+    /// otherwise write to on every call.
+    current: ArcSwapOption<Cached>,
     /// Wakes the refresher; notified exactly when `slot.requested` turns true.
     wake: Notify,
 }
@@ -90,6 +95,7 @@ struct Slot {
     refused: Option<AccessToken>,
 }
 
+#[derive(Clone)]
 struct Cached {
     token: AccessToken,
     /// When the gateway stops using it (before WeCom's expiry, by the margin).
@@ -125,6 +131,12 @@ enum Next {
 }
 
 impl Shared {
+    /// Mirrors the slot's current token for the fast path; called under the
+    /// slot's lock, so the mirror changes in the order the slot does.
+    fn mirror(&self, slot: &Slot) {
+        self.current.store(slot.current.clone().map(Arc::new));
+    }
+
     fn remaining(&self) -> Option<Duration> {
         let slot = self.slot.borrow();
         let cached = slot.current.as_ref()?;
@@ -202,6 +214,7 @@ impl TokenCache {
         let app = app.into();
         let shared = Arc::new(Shared {
             slot: watch::Sender::new(Slot::default()),
+            current: ArcSwapOption::empty(),
             wake: Notify::new(),
         });
         let watched = Arc::downgrade(&shared);
@@ -252,6 +265,7 @@ impl TokenCache {
             if dropped {
                 slot.current = None;
                 slot.refused = Some(failed.clone());
+                self.shared.mirror(slot);
             }
             false
         });
@@ -277,6 +291,7 @@ impl TokenCache {
                 // A background refresh that failed is due again too.
                 if let Some(current) = slot.current.as_mut() {
                     current.refresh_at = current.refresh_at.min(now);
+                    self.shared.mirror(slot);
                 }
             }
             false
@@ -289,10 +304,12 @@ impl TokenCache {
     }
 
     async fn token_other_than(&self, refused: Option<&AccessToken>) -> Result<AccessToken, Error> {
-        // The fast path: a fresh token under the channel's read lock.
+        // The fast path: a fresh token, no refresh due, read without a lock.
         let now = Instant::now();
-        if let Some(cached) = self.shared.slot.borrow().fresh(now, refused)
+        if let Some(cached) = &*self.shared.current.load()
+            && now < cached.expires_at
             && now < cached.refresh_at
+            && Some(&cached.token) != refused
         {
             return Ok(cached.token.clone());
         }
@@ -412,6 +429,7 @@ impl Refresher {
                     slot.current = Some(self.cached(slot, issued.token, lifetime, now));
                     slot.failed = None;
                     slot.requested = false;
+                    self.shared.mirror(slot);
                 });
                 tracing::info!(app = %self.app, expires_in_secs = lifetime.as_secs(), "access token fetched");
             }
@@ -437,6 +455,7 @@ impl Refresher {
                     if let Some(current) = slot.current.as_mut().filter(|c| now < c.expires_at) {
                         current.refresh_at = now + wait;
                         kept = true;
+                        self.shared.mirror(slot);
                     }
                 });
                 tracing::warn!(
