@@ -352,6 +352,8 @@ k8s_check "NOTES.txt shows a port-forward and a grpcurl call to the Service" 0 \
     "grpcurl -plaintext localhost:50051 wecom\.kf\.v1\.CustomerUpgradeService/GetUpgradeConfig" \
     -- notes -f "$ALL_ON"
 k8s_check "NOTES.txt warns when no WeCom app is configured" 0 "WARNING: no WeCom app is configured" -- notes
+k8s_check "NOTES.txt shows each suite's callback URL at the Ingress host" 0 \
+    "https://wecom-callback\.example\.com/suites/acme/callback" -- notes -f "$ALL_ON"
 k8s_check "NOTES.txt shows grpcurl over mTLS with a token when they are on" 0 \
     "grpcurl -cacert ca\.crt -authority e2e-wecom-kf-upgrade -cert client\.crt -key client\.key -H 'authorization: Bearer TOKEN'" \
     -- notes -f "$SECURITY"

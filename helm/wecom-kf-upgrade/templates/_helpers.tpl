@@ -80,6 +80,11 @@ app.kubernetes.io/component: gateway
 {{- if and .Values.appsFile.secretName (not .Values.sandbox.enabled) }}true{{ end }}
 {{- end }}
 
+{{/* The Service of the callback port alone. */}}
+{{- define "wecom-kf-upgrade.callbackServiceName" -}}
+{{- printf "%s-callback" (include "wecom-kf-upgrade.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
 {{/* The chart's Secret of the suites whose secrets are in the values. */}}
 {{- define "wecom-kf-upgrade.suitesSecretName" -}}
 {{- printf "%s-suites" (include "wecom-kf-upgrade.fullname" . | trunc 56 | trimSuffix "-") }}
