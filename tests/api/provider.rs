@@ -544,6 +544,57 @@ async fn the_callback_port_cuts_off_slow_clients_and_holds_connections_past_its_
     );
 }
 
+#[tokio::test]
+async fn a_suite_whose_key_is_check_configs_placeholder_loads_and_refuses_its_callbacks() {
+    init_test_logging();
+    // check-config printed an inline EncodingAESKey as "****", and that output was loaded.
+    let files = TempDir::new("placeholder-key");
+    let corps = files.write("corps.toml", corps_file(&[CORP_A]));
+    let config = format!(
+        r#"
+default_app = "{default_app}"
+[[suites]]
+name = "{SUITE}"
+suite_id = "{DEMO_SUITE_ID}"
+suite_secret = "****"
+token = "{DEMO_CALLBACK_TOKEN}"
+encoding_aes_key = "****"
+corps_file = "{corps}"
+"#,
+        default_app = CORP_A.0,
+        corps = corps.display(),
+    );
+    let path = files.write("config.toml", config);
+    let mut settings =
+        Settings::load(Some(&path), &BTreeMap::new()).expect("check-config's output loads back");
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.admin_listen = "127.0.0.1:0".parse().unwrap();
+    settings.callback.listen = "127.0.0.1:0".parse().unwrap();
+    let app = Application::build(settings).await.expect("gateway builds");
+    let (callback, admin) = (app.callback_addr().unwrap(), app.admin_addr());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+
+    let url = format!("http://{callback}/suites/{SUITE}/callback");
+    let (status, answer) = post(&url, &ticket_callback("t", unix_now(), DEMO_SUITE_ID)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.contains("EncodingAESKey is not configured"),
+        "{answer}"
+    );
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line =
+        format!("wecom_kf_upgrade_suite_callbacks_total{{suite=\"{SUITE}\",outcome=\"no_key\"}} 1");
+    assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+}
+
 // === corps and apps added without a restart ===
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
