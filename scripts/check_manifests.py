@@ -17,8 +17,9 @@ values.yaml, and every value in the chart's README.
 
 The second form writes what a pod of the Deployment would see, for running the image
 with it: DIR/config/ (the ConfigMap's files), DIR/secrets/ (the Secret's keys, decoded),
-DIR/env (KEY=VALUE per line), DIR/args (one per line) and DIR/mounts (`config PATH`,
-`secrets PATH`).
+DIR/env (KEY=VALUE per line), DIR/args (one per line), DIR/volumes/NAME/ (the chart's other
+Secret volumes, such as the suites', as projected) and DIR/mounts (`config PATH`,
+`secrets PATH`, `volume NAME PATH`).
 """
 
 import argparse
@@ -72,11 +73,26 @@ class Render:
         return tomllib.loads(self.config_map()["data"]["config.toml"])
 
     def main_service(self):
-        return self.one("Service", lambda d: d["spec"].get("clusterIP") != "None")
+        return self.one("Service", lambda d: d["spec"].get("clusterIP") != "None" and not is_callback(d))
+
+    def callback_service(self):
+        services = [d for d in self.all("Service") if is_callback(d)]
+        return services[0] if services else None
 
     def secret(self):
-        secrets = self.all("Secret")
+        """The chart's Secret of the corp secrets (named like the Deployment)."""
+        name = self.deployment()["metadata"]["name"]
+        secrets = [d for d in self.all("Secret") if d["metadata"]["name"] == name]
         return secrets[0] if secrets else None
+
+    def secret_named(self, name):
+        secrets = [d for d in self.all("Secret") if d["metadata"]["name"] == name]
+        return secrets[0] if secrets else None
+
+
+def is_callback(service):
+    """The suites' callback Service: its only port is named `callback`."""
+    return [p["name"] for p in service["spec"]["ports"]] == ["callback"]
 
 
 def pod_specs(render):
@@ -193,17 +209,19 @@ def check_secrets(render, opts):
     secret_text = yaml.safe_dump(secret) if secret else ""
     env = {e["name"]: e for e in container.get("env", [])}
 
-    # No secret value in the environment, the arguments or any object but the Secret.
+    # No secret value in the environment, the arguments or any object but the chart's
+    # Secrets (the corp secrets', and the suites' whose secrets are in the values).
+    secrets = render.all("Secret")
     for value in opts.secret:
         for doc in render.docs:
-            if doc is secret:
+            if doc["kind"] == "Secret":
                 continue
             assert value not in json.dumps(doc, ensure_ascii=False), (
                 f"a secret value appears in {doc['kind']} {doc['metadata']['name']}"
             )
-        assert secret is not None, "no Secret holds the secrets"
-        encoded = base64.b64encode(value.encode()).decode()
-        assert encoded in secret_text, "a secret value is missing from the Secret"
+        assert secrets, "no Secret holds the secrets"
+        assert any(value in base64.b64decode(v).decode() for d in secrets for v in d.get("data", {}).values()), (
+            "a secret value is missing from the chart's Secrets")
     assert "WECOM_CORP_SECRET" not in env, "WECOM_CORP_SECRET is set in the environment"
     for e in container.get("env", []):
         if re.search(r"SECRET|TOKEN|PASSWORD", e["name"]) and not e["name"].endswith("_FILE"):
@@ -217,6 +235,15 @@ def check_secrets(render, opts):
         assert "secret" not in app, f"apps[{i}] has its secret inline in config.toml"
         assert "secret_file" in app, f"apps[{i}] has no secret_file"
         files.append((f"apps[{i}].secret_file", app["secret_file"]))
+    config = render.config()
+    for i, suite in enumerate(config.get("suites", [])):
+        for key in ("suite_secret", "token", "encoding_aes_key"):
+            assert key not in suite and f"{key}_env" not in suite, f"suites[{i}].{key} is not read from a file"
+        for key in ("suite_secret_file", "token_file", "encoding_aes_key_file", "corps_file"):
+            assert key in suite, f"suites[{i}] has no {key}"
+            files.append((f"suites[{i}].{key}", suite[key]))
+    if "apps_file" in config:
+        files.append(("apps_file", config["apps_file"]))
     if opts.sandbox:
         # `serve --sandbox` gives every app the demo credentials and reads no secret.
         assert not render.all("Secret"), "the sandbox needs no Secret"
@@ -224,10 +251,16 @@ def check_secrets(render, opts):
     for key, path in files:
         volume, mount = volume_mount_for(spec, container, path)
         assert volume and "secret" in volume, f"{key} {path} is not in a mounted Secret"
-        assert mount.get("readOnly"), f"{key}: the Secret is mounted writable"
+        # A whole volume, which the kubelet updates: a changed corps file or apps file
+        # reaches the gateway without a restart (a subPath mount would freeze it).
+        assert mount.get("readOnly") and "subPath" not in mount, f"{key}: mounted writable or by subPath"
         item = path[len(mount["mountPath"].rstrip("/")) + 1:]
-        if secret is not None and volume["secret"]["secretName"] == secret["metadata"]["name"]:
-            assert item in secret.get("data", {}), f"{key}: the Secret has no key {item}"
+        items = {i["path"]: i["key"] for i in volume["secret"].get("items", [])}
+        assert not items or item in items, f"{key}: the volume does not hold {item}"
+        chart_secret = render.secret_named(volume["secret"]["secretName"])
+        if chart_secret is not None:
+            assert items.get(item, item) in chart_secret.get("data", {}), (
+                f"{key}: the Secret {chart_secret['metadata']['name']} has no key {items.get(item, item)}")
     return f"{len(files)} secret file(s), {len(opts.secret)} value(s) only in the Secret"
 
 
@@ -294,7 +327,7 @@ def check_services(render, opts):
     pod_labels = render.deployment()["spec"]["template"]["metadata"]["labels"]
     test_labels = render.test_pod()["metadata"]["labels"] if render.all("Pod") else {}
     container = render.gateway()
-    services = render.all("Service")
+    services = [s for s in render.all("Service") if not is_callback(s)]
     for svc in services:
         name = svc["metadata"]["name"]
         selector = svc["spec"]["selector"]
@@ -312,6 +345,9 @@ def check_services(render, opts):
     for h in headless:
         port = h["spec"]["ports"][0]["port"]
         assert port == port_number(container, "grpc"), "the headless Service's port is not the container's"
+    for svc in services:
+        names = {p["name"] for p in svc["spec"]["ports"]}
+        assert "callback" not in names, f"Service {svc['metadata']['name']} carries the callback port"
     return f"{len(services)} Service(s), {len(headless)} headless"
 
 
@@ -323,6 +359,8 @@ def check_rollout(render, opts):
     chart_secret = render.secret()
     if chart_secret:
         assert re.fullmatch(r"[0-9a-f]{64}", annotations.get("checksum/secret", "")), "no checksum/secret annotation"
+    if any(d["metadata"]["name"].endswith("-suites") for d in render.all("Secret")):
+        assert re.fullmatch(r"[0-9a-f]{64}", annotations.get("checksum/suites", "")), "no checksum/suites annotation"
     sa = render.all("ServiceAccount")
     for a in sa:
         assert a.get("automountServiceAccountToken") is False, "the ServiceAccount automounts its token"
@@ -423,6 +461,54 @@ def check_monitoring(render, opts):
     return ", ".join(notes)
 
 
+def check_suites(render, opts):
+    """Suites: the callback port on the container, [callback] listening on it, a Service of
+    its own with that port alone, an Ingress (if any) to /suites of it alone, a NetworkPolicy
+    rule for it; the corps files the chart renders parse and name their corps. No suite:
+    none of it."""
+    config = render.config()
+    container = render.gateway()
+    port_names = [p["name"] for p in container.get("ports", [])]
+    callback_svc = render.callback_service()
+    ingresses = render.all("Ingress")
+    suites = config.get("suites", [])
+    if not suites:
+        assert "callback" not in port_names, "a callback port without a suite"
+        assert "callback" not in config, "[callback] without a suite"
+        assert callback_svc is None and not ingresses, "a callback Service or Ingress without a suite"
+        return "none"
+    notes = [f"{len(suites)} suite(s)"]
+    port = port_number(container, "callback")
+    listen = int(config["callback"]["listen"].rsplit(":", 1)[1])
+    assert listen == port, f"[callback] listens on {listen}, the container port is {port}"
+    assert callback_svc is not None, "no callback Service"
+    labels = render.deployment()["spec"]["template"]["metadata"]["labels"]
+    assert matches(callback_svc["spec"]["selector"], labels), "the callback Service does not select the gateway pods"
+    (svc_port,) = callback_svc["spec"]["ports"]
+    assert svc_port["targetPort"] in ("callback", port), f"the callback Service targets {svc_port['targetPort']}"
+    for ing in ingresses:
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert (path["path"], path["pathType"]) == ("/suites", "Prefix"), f"the Ingress routes {path['path']}"
+                backend = path["backend"]["service"]
+                assert backend["name"] == callback_svc["metadata"]["name"], f"the Ingress routes to {backend['name']}"
+                assert backend["port"] in ({"name": "callback"}, {"number": svc_port["port"]}), backend["port"]
+        notes.append("Ingress to /suites")
+    for pol in render.all("NetworkPolicy"):
+        rules = [r for r in pol["spec"]["ingress"] if any(p["port"] == port for p in r.get("ports", []))]
+        assert rules, "the NetworkPolicy lets nobody reach the callback port"
+        notes.append("NetworkPolicy rule")
+    suites_secret = [d for d in render.all("Secret") if d["metadata"]["name"].endswith("-suites")]
+    for d in suites_secret:
+        for key, value in d["data"].items():
+            if key.endswith(".corps.toml"):
+                corps = tomllib.loads(base64.b64decode(value).decode())["corps"]
+                for corp in corps:
+                    assert set(corp) == {"app", "auth_corpid", "permanent_code"}, f"{key}: {sorted(corp)}"
+                notes.append(f"{key}: {len(corps)} corp(s)")
+    return ", ".join(notes)
+
+
 def check_helm_test(render, opts):
     pod = render.test_pod()
     main = render.main_service()
@@ -455,6 +541,7 @@ CHECKS = [
     ("rollout: checksum annotations, no ServiceAccount token, PDB/HPA/spread select the pods", check_rollout),
     ("NetworkPolicy", check_network_policy),
     ("ServiceMonitor and PrometheusRule", check_monitoring),
+    ("suites: the callback port alone on its own Service and Ingress, files from Secrets", check_suites),
     ("helm test pod runs `wecom-kf-upgrade health` against the Service", check_helm_test),
 ]
 
@@ -485,6 +572,7 @@ def materialize(render, out):
     secret = render.secret()
     for key, value in (secret or {}).get("data", {}).items():
         (out / "secrets" / key).write_bytes(base64.b64decode(value))
+    main_secret = secret["metadata"]["name"] if secret else None
     lines = []
     for e in container.get("env", []):
         assert "value" in e, f"env {e['name']} is not a plain value"
@@ -494,9 +582,18 @@ def materialize(render, out):
     mounts = []
     for m in container.get("volumeMounts", []):
         volume = next(v for v in spec["volumes"] if v["name"] == m["name"])
-        kind = "config" if "configMap" in volume else "secrets" if "secret" in volume else None
-        if kind:
-            mounts.append(f"{kind} {m['mountPath']}")
+        if "configMap" in volume:
+            mounts.append(f"config {m['mountPath']}")
+        elif "secret" in volume and volume["secret"]["secretName"] == main_secret:
+            mounts.append(f"secrets {m['mountPath']}")
+        elif "secret" in volume and render.secret_named(volume["secret"]["secretName"]):
+            # Another Secret of the chart's (the suites'): its items, as the kubelet projects them.
+            data = render.secret_named(volume["secret"]["secretName"])["data"]
+            items = volume["secret"].get("items") or [{"key": k, "path": k} for k in data]
+            (out / "volumes" / m["name"]).mkdir(parents=True)
+            for item in items:
+                (out / "volumes" / m["name"] / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+            mounts.append(f"volume {m['name']} {m['mountPath']}")
     (out / "mounts").write_text("".join(line + "\n" for line in mounts))
 
 

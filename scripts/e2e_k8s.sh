@@ -56,6 +56,10 @@ ALL_ON_SECRETS=(
     all-on-corp-secret-must-stay-in-the-secret
     all-on-shop-secret-must-stay-in-the-secret
     all-on-crm-secret-must-stay-in-the-secret
+    all-on-suite-secret-must-stay-in-the-secret
+    all-on-callback-token-must-stay-in-the-secret
+    jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C
+    all-on-permanent-code-must-stay-in-the-secret
 )
 
 # k8s_check NAME WANT PATTERN -- COMMAND...: COMMAND's exit status must be WANT (0 or
@@ -201,6 +205,33 @@ k8s_check "with wecom.corpId and one more app, default_app is the corpId app" 0 
 k8s_check "mTLS without TLS fails at render, naming tls.secretName" nonzero \
     "tls\.clientCa\.secretName: mTLS needs TLS; set tls\.secretName" \
     -- helm template "$RELEASE" "$CHART" --set tls.clientCa.secretName=ca
+k8s_check "a suite without its secrets fails at render, naming suites[0].suiteSecret and existingSecret" nonzero \
+    "suites\[0\]\.suiteSecret: is required \(or set suites\[0\]\.existingSecret" \
+    -- helm template "$RELEASE" "$CHART" --set 'suites[0].name=acme,suites[0].suiteId=ww1,wecom.defaultApp=x'
+k8s_check "a suite's EncodingAESKey of the wrong length fails at render" nonzero \
+    "suites\[0\]\.encodingAesKey: must be the 43 characters" \
+    -- helm template "$RELEASE" "$CHART" --set 'suites[0].name=acme,suites[0].suiteId=ww1,suites[0].suiteSecret=s' \
+    --set 'suites[0].token=t,suites[0].encodingAesKey=short,wecom.defaultApp=x'
+k8s_check "a suite's inline secret beside its existingSecret fails at render" nonzero \
+    "suites\[0\]\.token: leave it out with suites\[0\]\.existingSecret" \
+    -- helm template "$RELEASE" "$CHART" --set 'suites[0].name=acme,suites[0].suiteId=ww1' \
+    --set 'suites[0].existingSecret=s,suites[0].token=t,wecom.defaultApp=x'
+k8s_check "only a suite in an existingSecret and no default app fails at render, naming wecom.defaultApp" nonzero \
+    "wecom\.defaultApp: is required with a suite's existingSecret or an apps file" \
+    -- helm template "$RELEASE" "$CHART" --set 'suites[0].name=acme,suites[0].suiteId=ww1,suites[0].existingSecret=s'
+k8s_check "the callback Ingress without a host fails at render, naming callback.ingress.hosts" nonzero \
+    "callback\.ingress\.hosts: name the host" \
+    -- helm template "$RELEASE" "$CHART" -f "$ALL_ON" --set-json 'callback.ingress.hosts=[]'
+k8s_check "the sandbox ignores the suites: no callback port, Service, Ingress or suite Secret" 0 "" \
+    -- python3 -c '
+import subprocess, sys, yaml
+out = subprocess.run(sys.argv[1:], check=True, capture_output=True, text=True).stdout
+docs = [d for d in yaml.safe_load_all(out) if d]
+names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+assert not [n for n in names if n[0] in ("Ingress", "Secret") or n[1].endswith("-callback")], names
+config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.toml"]
+assert "[[suites]]" not in config and "[callback]" not in config, config
+' "$HELM" template "$RELEASE" "$CHART" -f "$ALL_ON" --set sandbox.enabled=true
 k8s_check "health closed to callers without a token fails with the helm test on" nonzero \
     "auth\.openHealth: false closes health .* set tests\.enabled=false" \
     -- helm template "$RELEASE" "$CHART" --set auth.callersSecretName=c,auth.openHealth=false
@@ -231,7 +262,9 @@ assert "WECOM_REDIS_URL" not in env and "[redis]" not in config
 
 # The rendered objects.
 K8S_KINDS_BASE=ConfigMap,Deployment,Pod,PodDisruptionBudget,Service,ServiceAccount
-K8S_KINDS_ALL_ON=$K8S_KINDS_BASE,HorizontalPodAutoscaler,NetworkPolicy,Secret,Service
+# All on: the corp secrets' and the suites' Secrets; the headless and callback Services; the
+# callback Ingress.
+K8S_KINDS_ALL_ON=$K8S_KINDS_BASE,HorizontalPodAutoscaler,Ingress,NetworkPolicy,Secret,Secret,Service,Service
 secret_flags=()
 for s in "${ALL_ON_SECRETS[@]}"; do secret_flags+=(--secret "$s"); done
 k8s_relay "check_manifests.py (default)" \
@@ -241,7 +274,7 @@ k8s_relay "check_manifests.py (all-on)" \
     --kinds "$K8S_KINDS_ALL_ON,ServiceMonitor,PrometheusRule" "${secret_flags[@]}"
 k8s_relay "check_manifests.py (existing-secret: no chart Secret, image by digest, no ServiceAccount made)" \
     timeout 60 python3 scripts/check_manifests.py "$K8S_DIR/existing-secret.yaml" --label existing-secret \
-    --kinds ConfigMap,Deployment,Pod,PodDisruptionBudget,Service \
+    --kinds ConfigMap,Deployment,Pod,PodDisruptionBudget,Service,Service \
     --digest "$(sed -n 's/^ *digest: *//p' "$EXISTING_SECRET")"
 k8s_relay "check_manifests.py (security: TLS, mTLS, callers)" \
     timeout 60 python3 scripts/check_manifests.py "$K8S_DIR/security.yaml" --label security \
@@ -266,6 +299,20 @@ helm template "$RELEASE" "$CHART" --namespace wecom -f "$ALL_ON" --set config.up
 helm template "$RELEASE" "$CHART" --namespace wecom -f "$ALL_ON" --set wecom.corpSecret=rotated \
     >"$K8S_DIR/changed-secret.yaml" 2>&1 || true
 sums() { echo "config=$(annotation "$1" checksum/config) secret=$(annotation "$1" checksum/secret)"; }
+helm template "$RELEASE" "$CHART" --namespace wecom -f "$ALL_ON" \
+    --set 'suites[0].corps[0].permanentCode=rotated,suites[0].corps[0].app=acme-shop,suites[0].corps[0].authCorpId=wx1' \
+    >"$K8S_DIR/changed-suite.yaml" 2>&1 || true
+suite_sums() { echo "$(sums "$1") suites=$(annotation "$1" checksum/suites)"; }
+base_suite_sums="$(suite_sums "$K8S_DIR/all-on.yaml" 2>&1)" || true
+changed_suite_sums="$(suite_sums "$K8S_DIR/changed-suite.yaml" 2>&1)" || true
+if [[ "${changed_suite_sums% suites=*}" == "${base_suite_sums% suites=*}" &&
+    "${changed_suite_sums#* suites=}" != "${base_suite_sums#* suites=}" &&
+    "$base_suite_sums" =~ suites=[0-9a-f]{64}$ ]]; then
+    ok "a changed suite secret in the values changes checksum/suites (and only it): the pods roll"
+else
+    not_ok "a changed suite secret in the values changes checksum/suites (and only it): the pods roll" \
+        "before: $base_suite_sums"$'\n'"after:  $changed_suite_sums"
+fi
 base_sums="$(sums "$K8S_DIR/all-on.yaml" 2>&1)" || true
 config_sums="$(sums "$K8S_DIR/changed-config.yaml" 2>&1)" || true
 secret_sums="$(sums "$K8S_DIR/changed-secret.yaml" 2>&1)" || true
@@ -305,6 +352,8 @@ k8s_check "NOTES.txt shows a port-forward and a grpcurl call to the Service" 0 \
     "grpcurl -plaintext localhost:50051 wecom\.kf\.v1\.CustomerUpgradeService/GetUpgradeConfig" \
     -- notes -f "$ALL_ON"
 k8s_check "NOTES.txt warns when no WeCom app is configured" 0 "WARNING: no WeCom app is configured" -- notes
+k8s_check "NOTES.txt shows each suite's callback URL at the Ingress host" 0 \
+    "https://wecom-callback\.example\.com/suites/acme/callback" -- notes -f "$ALL_ON"
 k8s_check "NOTES.txt shows grpcurl over mTLS with a token when they are on" 0 \
     "grpcurl -cacert ca\.crt -authority e2e-wecom-kf-upgrade -cert client\.crt -key client\.key -H 'authorization: Bearer TOKEN'" \
     -- notes -f "$SECURITY"
@@ -469,18 +518,27 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
         config_dir="$(sed -n 's/^config //p' "$pod/mounts")"
         secret_dir="$(sed -n 's/^secrets //p' "$pod/mounts")"
         chown -R 0:65532 "$pod/secrets" && chmod 0750 "$pod/secrets" && chmod 0440 "$pod/secrets"/*
-        local out rc=0
+        # The chart's other Secret volumes (the suites'), where the pod mounts them.
+        local volumes=() volume path
+        while read -r _ volume path; do
+            chown -R 0:65532 "$pod/volumes/$volume" && chmod 0750 "$pod/volumes/$volume" &&
+                chmod 0440 "$pod/volumes/$volume"/*
+            volumes+=(-v "$pod/volumes/$volume:$path:ro")
+        done < <(grep '^volume ' "$pod/mounts")
+        local out rc=0 leaked
         out="$(pm run --rm --read-only --cap-drop=ALL --security-opt=no-new-privileges --network none \
-            --env-file "$pod/env" -v "$pod/config:$config_dir:ro" -v "$pod/secrets:$secret_dir:ro" \
+            --env-file "$pod/env" -v "$pod/config:$config_dir:ro" -v "$pod/secrets:$secret_dir:ro" "${volumes[@]}" \
             "$IMAGE" check-config --config "$config_dir/config.toml" 2>&1)" || rc=$?
-        # Whatever the format of check-config's summary: every app's corp id, no secret.
+        leaked="$(for s in "${ALL_ON_SECRETS[@]}"; do grep -F -- "$s" <<<"$out"; done)" || true
+        # Whatever the format of check-config's summary: every app's corp id, the suite and
+        # its callback port, no secret.
         if ((rc == 0)) && grep -q ww00000000000000a1 <<<"$out" && grep -q ww00000000000000b2 <<<"$out" &&
             grep -q ww00000000000000c3 <<<"$out" && grep -q 'crm\.eu' <<<"$out" &&
             grep -q 'https://wecom-proxy\.example\.com' <<<"$out" &&
-            ! grep -qF -e "${ALL_ON_SECRETS[0]}" -e "${ALL_ON_SECRETS[1]}" -e "${ALL_ON_SECRETS[2]}" <<<"$out"; then
-            ok "check-config in the image accepts the all-on pod's config.toml, secret files and env: three apps, no secret printed"
+            grep -q ww4asffe99e54c0f00 <<<"$out" && grep -q '0\.0\.0\.0:9467' <<<"$out" && [[ -z "$leaked" ]]; then
+            ok "check-config in the image accepts the all-on pod's config.toml, secret files, suite files and env: three apps and a suite, no secret printed"
         else
-            not_ok "check-config in the image accepts the all-on pod's config.toml, secret files and env: three apps, no secret printed" \
+            not_ok "check-config in the image accepts the all-on pod's config.toml, secret files, suite files and env: three apps and a suite, no secret printed" \
                 "exit status $rc; output:"$'\n'"$out"
         fi
     else

@@ -17,11 +17,18 @@
 //! the gateway's clock than `max_clock_skew_secs`, when its (timestamp, nonce,
 //! signature) was seen before, when its signature or receiver id is wrong, and
 //! when its body is not what WeCom sends.
+//!
+//! The port faces the internet, so it is served as the gRPC port is: through the
+//! hardened accept loop of [`crate::listener`] (a cap on connections, a deadline
+//! for a connection's first bytes, backoff when out of file descriptors), then
+//! HTTP/1 with a deadline for the headers and another for the body. axum's own
+//! `serve` sets no header deadline and no cap.
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
+    future::Future,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -32,10 +39,19 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 
 use crate::{
     config::{CallbackSettings, SuiteSettings},
+    listener::{Incoming, ListenerSettings},
     telemetry::Metrics,
     wecom::{
         Apps,
@@ -46,9 +62,6 @@ use crate::{
         },
     },
 };
-
-/// Longest a callback's body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The endpoint's state: each suite's crypto, and the callbacks seen lately.
 #[derive(Debug)]
@@ -65,7 +78,9 @@ struct Receiver {
     suite: Arc<Suite>,
     /// Its name, as metrics label it.
     label: Arc<str>,
-    crypt: MsgCrypt,
+    /// `None` while the EncodingAESKey is check-config's placeholder: every
+    /// callback to the suite is refused until the key is supplied.
+    crypt: Option<MsgCrypt>,
     /// The receiver ids a URL check may carry: the suite id, and the provider's
     /// corp id when configured.
     url_check_ids: Vec<String>,
@@ -92,6 +107,8 @@ enum Refusal {
     WrongReceiver,
     Malformed,
     TooLarge,
+    /// The suite's EncodingAESKey is check-config's placeholder.
+    NoKey,
 }
 
 impl Refusal {
@@ -100,6 +117,7 @@ impl Refusal {
             Refusal::UnknownSuite => StatusCode::NOT_FOUND,
             Refusal::MissingQuery | Refusal::Malformed => StatusCode::BAD_REQUEST,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::NoKey => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Stale | Refusal::Replayed | Refusal::BadSignature | Refusal::WrongReceiver => {
                 StatusCode::FORBIDDEN
             }
@@ -117,6 +135,7 @@ impl Refusal {
             Refusal::WrongReceiver => "wrong_receiver",
             Refusal::Malformed => "malformed",
             Refusal::TooLarge => "too_large",
+            Refusal::NoKey => "no_key",
         }
     }
 
@@ -130,6 +149,7 @@ impl Refusal {
             Refusal::WrongReceiver => "message is for another receiver",
             Refusal::Malformed => "malformed callback",
             Refusal::TooLarge => "callback too large",
+            Refusal::NoKey => "the suite's EncodingAESKey is not configured",
         }
     }
 }
@@ -152,8 +172,7 @@ impl From<CryptError> for Refusal {
 }
 
 impl Callbacks {
-    /// The endpoint of `suites` (running in `apps`), as configured. A suite whose
-    /// EncodingAESKey is unusable was refused when the configuration loaded.
+    /// The endpoint of `suites` (running in `apps`), as configured.
     pub fn new(
         apps: Apps,
         suites: &BTreeMap<String, SuiteSettings>,
@@ -164,11 +183,20 @@ impl Callbacks {
             .iter()
             .filter_map(|(name, settings)| {
                 let suite = Arc::clone(apps.suite(name)?);
+                // Any other unusable key was refused when the configuration loaded.
                 let crypt = MsgCrypt::new(
                     settings.callback_token.clone(),
                     secrecy::ExposeSecret::expose_secret(&settings.encoding_aes_key),
                 )
-                .ok()?;
+                .ok();
+                if crypt.is_none() {
+                    tracing::warn!(
+                        suite = %name,
+                        "the suite's encoding_aes_key is check-config's placeholder \"****\": \
+                         its callbacks are refused until the EncodingAESKey is supplied by \
+                         encoding_aes_key_file or encoding_aes_key_env"
+                    );
+                }
                 let mut url_check_ids = vec![settings.suite_id.clone()];
                 url_check_ids.extend(settings.provider_corp_id.clone());
                 Some((
@@ -198,6 +226,48 @@ impl Callbacks {
             .with_state(self)
     }
 
+    /// Serves the endpoint on `listener` until `stop` completes; then the listener
+    /// closes and open connections finish their callback (the caller bounds how
+    /// long that may take).
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: impl Future<Output = ()>,
+    ) {
+        let settings = &self.settings;
+        let mut incoming = Incoming::new(
+            listener,
+            ListenerSettings {
+                section: "callback",
+                max_connections: settings.max_connections,
+                handshake_timeout: settings.handshake_timeout,
+            },
+        );
+        // WeCom posts over HTTP/1.1 (through the Ingress that ends its TLS).
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(settings.request_read_timeout);
+        let service = TowerToHyperService::new(Arc::clone(&self).router());
+        let open = GracefulShutdown::new();
+        tokio::pin!(stop);
+        loop {
+            let connection = tokio::select! {
+                Some(Ok(connection)) = incoming.next() => connection,
+                () = &mut stop => break,
+            };
+            let served =
+                open.watch(http.serve_connection(TokioIo::new(connection), service.clone()));
+            tokio::spawn(async move {
+                // A peer that hangs up or misses a deadline: nothing to act on.
+                if let Err(error) = served.await {
+                    tracing::debug!(%error, "callback connection closed");
+                }
+            });
+        }
+        drop(incoming);
+        open.shutdown().await;
+    }
+
     /// Finds the suite and checks the timestamp, the signature and that the
     /// callback is new; returns what it decrypts to.
     fn open(
@@ -208,6 +278,7 @@ impl Callbacks {
         receivers: impl Fn(&Receiver) -> Vec<&str>,
     ) -> Result<(&Receiver, Vec<u8>), Refusal> {
         let receiver = self.suites.get(suite).ok_or(Refusal::UnknownSuite)?;
+        let crypt = receiver.crypt.as_ref().ok_or(Refusal::NoKey)?;
         let Query(signed) = query.map_err(|_| Refusal::MissingQuery)?;
         let timestamp: i64 = signed
             .timestamp
@@ -217,7 +288,7 @@ impl Callbacks {
         if now().abs_diff(timestamp) > skew.unsigned_abs() {
             return Err(Refusal::Stale);
         }
-        let opened = receiver.crypt.open(
+        let opened = crypt.open(
             &signed.msg_signature,
             &signed.timestamp,
             &signed.nonce,
@@ -320,7 +391,8 @@ async fn receive(
     body: Body,
 ) -> Response {
     let limit = callbacks.settings.max_body_bytes;
-    let body = match tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, limit)).await {
+    let read_timeout = callbacks.settings.request_read_timeout;
+    let body = match tokio::time::timeout(read_timeout, to_bytes(body, limit)).await {
         Ok(Ok(body)) => body,
         Ok(Err(_)) => return callbacks.refused(&suite, "callback", Refusal::TooLarge),
         Err(_) => return callbacks.refused(&suite, "callback", Refusal::Malformed),

@@ -1,6 +1,7 @@
-//! The gRPC port's accept loop, hardened: tonic's own keeps every connection that
-//! never says a word, has no cap on connections, and retries a failed accept at
-//! once, which spins a core when the process is out of file descriptors.
+//! The accept loop of the gRPC port and of the suites' callback port, hardened:
+//! tonic's own (and axum's) keeps every connection that never says a word, has no
+//! cap on connections, and tonic's retries a failed accept at once, which spins a
+//! core when the process is out of file descriptors.
 //!
 //! Here one task accepts; each connection then gets `handshake_timeout` to send its
 //! first bytes (the HTTP/2 preface or an HTTP/1 request) and, with TLS, to finish
@@ -30,9 +31,11 @@ use tonic::transport::server::Connected;
 
 use crate::tls::TlsAcceptor;
 
-/// How the gRPC port accepts connections.
+/// How a port accepts connections.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ListenerSettings {
+    /// The configuration section of its knobs (`server`, `callback`), for logs.
+    pub(crate) section: &'static str,
     /// Most connections open at once; past it the kernel's backlog holds new ones.
     pub(crate) max_connections: usize,
     /// Time a new connection has to send its first bytes.
@@ -120,7 +123,8 @@ async fn accept_loop<IO, O, F>(
                     tracing::warn!(
                         max_connections = settings.max_connections,
                         "connection limit reached: new connections wait in the listen backlog \
-                         (server.max_connections)"
+                         ({}.max_connections)",
+                        settings.section
                     )
                 });
                 tokio::select! {
@@ -147,7 +151,8 @@ async fn accept_loop<IO, O, F>(
                         tracing::warn!(
                             %error,
                             "out of file descriptors: new connections wait; raise the open-files \
-                             limit or lower server.max_connections"
+                             limit or lower {}.max_connections",
+                            settings.section
                         )
                     } else {
                         tracing::warn!(%error, "accepting a connection failed; retrying")

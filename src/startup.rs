@@ -258,14 +258,9 @@ impl Application {
 
         let (stop_callbacks, callbacks_stopped) = tokio::sync::oneshot::channel::<()>();
         let callbacks = self.callbacks.map(|(callbacks, listener)| {
-            let server = axum::serve(listener, callbacks.router()).with_graceful_shutdown(async {
+            tokio::spawn(callbacks.serve(listener, async {
                 let _ = callbacks_stopped.await;
-            });
-            tokio::spawn(async move {
-                if let Err(error) = server.await {
-                    tracing::error!(%error, "suite callback server failed");
-                }
-            })
+            }))
         });
 
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -283,6 +278,7 @@ impl Application {
             ))
             .fallback(grpc::unknown_route);
         let listener = ListenerSettings {
+            section: "server",
             max_connections: server_settings.max_connections,
             handshake_timeout: server_settings.handshake_timeout,
         };

@@ -17,6 +17,10 @@ use super::{
 };
 use crate::telemetry::redacted;
 
+/// What `check-config` prints in place of a secret written inline: the output
+/// loads back, with this as the secret, until the real one is put back.
+pub(super) const PLACEHOLDER: &str = "****";
+
 /// The file as written. Every key is optional; unknown keys are refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -158,6 +162,15 @@ pub(super) fn render(settings: &Settings) -> String {
     if let Some(warning) = is_exposed(settings) {
         out.push_str(&format!("# WARNING: {warning}\n"));
     }
+    for (name, suite) in &settings.suites {
+        if suite.encoding_aes_key_origin == SecretOrigin::Inline {
+            out.push_str(&format!(
+                "# WARNING: suite {name}'s encoding_aes_key is written inline and printed as \
+                 \"{PLACEHOLDER}\": a copy of this file refuses the suite's callbacks until the \
+                 EncodingAESKey is supplied by encoding_aes_key_file or encoding_aes_key_env\n"
+            ));
+        }
+    }
     let rendered = Rendered {
         listen: settings.listen,
         admin_listen: settings.admin_listen,
@@ -167,7 +180,7 @@ pub(super) fn render(settings: &Settings) -> String {
             .iter()
             .map(|(name, app)| {
                 let (secret, secret_file, secret_env) = match &app.secret_origin {
-                    SecretOrigin::Inline => (Some("****"), None, None),
+                    SecretOrigin::Inline => (Some(PLACEHOLDER), None, None),
                     SecretOrigin::File(path) => (None, Some(path.as_path()), None),
                     SecretOrigin::Env(var) => (None, None, Some(var.as_str())),
                 };
@@ -227,6 +240,6 @@ pub(super) fn render(settings: &Settings) -> String {
 }
 
 /// Whole milliseconds; durations are bounded by validation far below u64::MAX.
-fn millis(duration: std::time::Duration) -> u64 {
+pub(super) fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -20,7 +20,7 @@ use url::Url;
 use super::{
     AppSettings, ConfigError, SecretOrigin,
     env::Environment,
-    file::{FileApp, toml_problem},
+    file::{FileApp, PLACEHOLDER, millis, toml_problem},
     load::{AppPlan, SecretSpec, secret_spec},
     validate,
 };
@@ -121,6 +121,15 @@ pub struct CallbackSettings {
     pub max_body_bytes: usize,
     /// Most callbacks remembered to refuse replays (`max_remembered`).
     pub max_remembered: usize,
+    /// Most connections open at once on the callback port; more wait in the listen
+    /// backlog (`max_connections`). The port faces the internet.
+    pub max_connections: usize,
+    /// A new connection must send its first bytes within this long, or it is
+    /// closed (`handshake_timeout_ms`).
+    pub handshake_timeout: Duration,
+    /// A callback's headers must arrive within this long, and then its body within
+    /// this long again, or the connection is closed (`request_read_timeout_ms`).
+    pub request_read_timeout: Duration,
 }
 
 impl CallbackSettings {
@@ -133,6 +142,11 @@ impl CallbackSettings {
             max_clock_skew: Duration::from_secs(file.max_clock_skew_secs.unwrap_or(300)),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
             max_remembered: file.max_remembered.unwrap_or(100_000),
+            max_connections: file.max_connections.unwrap_or(1_000),
+            handshake_timeout: Duration::from_millis(file.handshake_timeout_ms.unwrap_or(10_000)),
+            request_read_timeout: Duration::from_millis(
+                file.request_read_timeout_ms.unwrap_or(10_000),
+            ),
         }
     }
 
@@ -143,6 +157,9 @@ impl CallbackSettings {
             max_clock_skew_secs: Some(self.max_clock_skew.as_secs()),
             max_body_bytes: Some(self.max_body_bytes),
             max_remembered: Some(self.max_remembered),
+            max_connections: Some(self.max_connections),
+            handshake_timeout_ms: Some(millis(self.handshake_timeout)),
+            request_read_timeout_ms: Some(millis(self.request_read_timeout)),
         }
     }
 }
@@ -173,6 +190,12 @@ pub(super) struct FileCallback {
     pub(super) max_body_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) max_remembered: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) handshake_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) request_read_timeout_ms: Option<u64>,
 }
 
 /// One `[[suites]]` entry as written.
@@ -318,11 +341,16 @@ impl SuitePlan {
         let (secret, secret_origin) = self.secret?.read(env)?;
         let (callback_token, callback_token_origin) = self.token?.read(env)?;
         let (encoding_aes_key, encoding_aes_key_origin) = self.aes_key?.read(env)?;
+        // check-config's placeholder loads back, as an app's inline secret does;
+        // the suite's callbacks are then refused until the key is supplied.
+        let placeholder = encoding_aes_key_origin == SecretOrigin::Inline
+            && encoding_aes_key.expose_secret() == PLACEHOLDER;
         let aes_key_problem = crate::wecom::suite::crypto::MsgCrypt::new(
             callback_token.clone(),
             encoding_aes_key.expose_secret(),
         )
-        .err();
+        .err()
+        .filter(|_| !placeholder);
         if let Some(problem) = aes_key_problem {
             return Err(ConfigError::new(
                 format!("suites.{name}.encoding_aes_key"),
@@ -535,7 +563,7 @@ impl Serialize for Rendered<'_> {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(Some(1))?;
         match self.origin {
-            SecretOrigin::Inline => map.serialize_entry(self.field, "****")?,
+            SecretOrigin::Inline => map.serialize_entry(self.field, PLACEHOLDER)?,
             SecretOrigin::File(path) => {
                 map.serialize_entry(&format!("{}_file", self.field), path)?
             }
@@ -565,8 +593,7 @@ impl<'a> RenderedSuite<'a> {
             provider_corp_id: suite.provider_corp_id.as_deref(),
             corps_file: suite.corps_file.as_deref(),
             api_base: crate::telemetry::redacted(&suite.api_base).to_string(),
-            reload_interval_ms: u64::try_from(suite.reload_interval.as_millis())
-                .unwrap_or(u64::MAX),
+            reload_interval_ms: millis(suite.reload_interval),
         }
     }
 }
@@ -660,6 +687,10 @@ mod tests {
         assert_eq!(key(&config, &[]), "suites[0].suite_secret_env");
         let bad_key = config.replace(AES_KEY, "too-short");
         assert_eq!(key(&bad_key, ENV), "suites.acme.encoding_aes_key");
+        let no_room = format!("{config}[callback]\nmax_connections = 0\n");
+        assert_eq!(key(&no_room, ENV), "callback.max_connections");
+        let no_wait = format!("{config}[callback]\nrequest_read_timeout_ms = 0\n");
+        assert_eq!(key(&no_wait, ENV), "callback.request_read_timeout_ms");
         let no_corps = config.replace(&format!("corps_file = \"{}\"\n", corps_file.display()), "");
         assert_eq!(key(&no_corps, ENV), "suites[0].corps_file");
         let both = config.replace("token = \"CbTok9\"", "token = \"Tok\"\ntoken_env = \"T\"");
@@ -708,6 +739,45 @@ mod tests {
         );
         let second = load(&dir, &printed, &vars).unwrap();
         assert_eq!(second.to_toml(), printed, "printing is stable");
+    }
+
+    #[test]
+    fn a_suite_with_inline_secrets_prints_a_file_that_loads_back() {
+        let dir = dir("render-inline");
+        let config = suite_config(&corps(&dir, TWO_CORPS), "").replace(
+            "suite_secret_env = \"SUITE_SECRET\"",
+            "suite_secret = \"s3cret\"",
+        );
+        let first = load(&dir, &config, &[]).unwrap();
+        let printed = first.to_toml();
+        for secret in ["s3cret", "CbTok9", AES_KEY] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("encoding_aes_key = \"****\"")
+                && printed.contains("suite_secret = \"****\""),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\n# WARNING: suite acme's encoding_aes_key is written inline"),
+            "{printed}"
+        );
+        let second = load(&dir, &printed, &[]).unwrap();
+        assert_eq!(second.to_toml(), printed, "printing is stable");
+        assert_eq!(
+            second.suites["acme"].encoding_aes_key.expose_secret(),
+            "****"
+        );
+        // Only check-config's own placeholder, written inline, stands in for a key.
+        let from_env = printed.replace(
+            "encoding_aes_key = \"****\"",
+            "encoding_aes_key_env = \"AES\"",
+        );
+        let error = load(&dir, &from_env, &[("AES", "****")]).unwrap_err();
+        assert_eq!(error.key, "suites.acme.encoding_aes_key");
+        let other = printed.replace("encoding_aes_key = \"****\"", "encoding_aes_key = \"***\"");
+        let error = load(&dir, &other, &[]).unwrap_err();
+        assert_eq!(error.key, "suites.acme.encoding_aes_key");
     }
 
     #[test]

@@ -94,6 +94,7 @@ const MAX_SECS: u64 = 86_400;
 /// Checks every numeric knob against its bounds, in the order of the file.
 pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
     let (u, t, srv, lim) = (&s.upstream, &s.token, &s.server, &s.limits);
+    let cb = &s.callback;
     let (tls, auth) = (s.tls.as_ref(), s.auth.as_ref());
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let secs = |d: Duration| d.as_secs();
@@ -240,6 +241,42 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
             100_000_000,
         ),
         ("limits.max_wait_ms", ms(lim.max_wait), 0, MAX_MS),
+        (
+            "callback.max_clock_skew_secs",
+            secs(cb.max_clock_skew),
+            1,
+            MAX_SECS,
+        ),
+        (
+            "callback.max_body_bytes",
+            as_u64(cb.max_body_bytes),
+            1024,
+            16 << 20,
+        ),
+        (
+            "callback.max_remembered",
+            as_u64(cb.max_remembered),
+            1,
+            10_000_000,
+        ),
+        (
+            "callback.max_connections",
+            as_u64(cb.max_connections),
+            1,
+            1_000_000,
+        ),
+        (
+            "callback.handshake_timeout_ms",
+            ms(cb.handshake_timeout),
+            1,
+            MAX_MS,
+        ),
+        (
+            "callback.request_read_timeout_ms",
+            ms(cb.request_read_timeout),
+            1,
+            MAX_MS,
+        ),
     ];
     // The knobs of TLS and caller authentication, when they are on.
     let tls_knobs = tls.into_iter().map(|tls| {

@@ -6,11 +6,15 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use secrecy::SecretString;
-use tokio::sync::oneshot;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::oneshot,
+};
 use tonic::Code;
 use wecom_kf_upgrade::{
     config::Settings,
@@ -78,7 +82,8 @@ async fn spawn_provider(corps: &[(&str, &str, &str)], extra_config: &str) -> Pro
     }
 }
 
-/// A gateway with one suite, against the sandbox at `sandbox`.
+/// A gateway with one suite, against the sandbox at `sandbox`; `extra_config` goes
+/// at the top of its file (top-level keys, then tables such as `[callback]`).
 struct Gateway {
     client: Client,
     admin_addr: SocketAddr,
@@ -107,9 +112,6 @@ token_env = "SUITE_CALLBACK_TOKEN"
 encoding_aes_key = "{DEMO_ENCODING_AES_KEY}"
 corps_file = "{corps}"
 reload_interval_ms = 50
-
-[callback]
-listen = "127.0.0.1:0"
 "#,
         default_app = CORP_A.0,
         secret = secret.display(),
@@ -126,6 +128,7 @@ listen = "127.0.0.1:0"
     let mut settings = Settings::load(Some(&path), &env).expect("provider settings are valid");
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.admin_listen = "127.0.0.1:0".parse().unwrap();
+    settings.callback.listen = "127.0.0.1:0".parse().unwrap();
     settings.upstream.retry_backoff = Duration::from_millis(5);
     settings.upstream.call_timeout = Duration::from_millis(5_000);
     settings.server.drain_delay = Duration::ZERO;
@@ -455,6 +458,141 @@ async fn the_url_check_answers_the_decrypted_echostr() {
         (200, "1616140317555161061".to_owned())
     );
     assert_eq!(check("another-receiver").await.0, 403);
+}
+
+/// Reads from `stream` until the gateway closes it or `patience` runs out:
+/// what arrived, and how long it took (`None`: still open).
+async fn until_closed(stream: &mut TcpStream, patience: Duration) -> (String, Option<Duration>) {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let left = patience.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&received).into_owned(),
+                    Some(started.elapsed()),
+                );
+            }
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+            Err(_) => return (String::from_utf8_lossy(&received).into_owned(), None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_callback_port_cuts_off_slow_clients_and_holds_connections_past_its_cap() {
+    let provider = spawn_provider(
+        &[CORP_A],
+        "[callback]\nmax_connections = 1\nhandshake_timeout_ms = 1000\nrequest_read_timeout_ms = 1000\n",
+    )
+    .await;
+    let addr = provider
+        .callback_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let request =
+        "GET /suites/nobody/callback HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n";
+
+    // A client that starts its headers and never finishes them takes the one slot…
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /suites/acme/callback HTTP/1.1\r\nhost: gateway\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // …so a complete request on a second connection waits in the backlog, unanswered…
+    let mut waiting = TcpStream::connect(&addr).await.unwrap();
+    waiting.write_all(request.as_bytes()).await.unwrap();
+    let (early, closed) = until_closed(&mut waiting, Duration::from_millis(400)).await;
+    assert!(
+        early.is_empty() && closed.is_none(),
+        "answered past the cap: {early:?}"
+    );
+    // …until the slow client is cut off at the header deadline (1 s),
+    let (answer, cut_off) = until_closed(&mut slow, Duration::from_secs(5)).await;
+    let cut_off = cut_off.expect("a client that never sends its headers is cut off");
+    assert!(
+        cut_off < Duration::from_secs(2),
+        "cut off only after {cut_off:?}"
+    );
+    assert!(!answer.contains("success"), "{answer}");
+    // and the waiting request is served at once.
+    let (answer, closed) = until_closed(&mut waiting, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
+    assert!(closed.is_some());
+
+    // A client that connects and says nothing is closed at the handshake deadline.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let (answer, closed) = until_closed(&mut silent, Duration::from_secs(5)).await;
+    let closed = closed.expect("a silent connection is closed");
+    assert!(
+        answer.is_empty()
+            && closed >= Duration::from_millis(800)
+            && closed < Duration::from_secs(3),
+        "{answer:?} after {closed:?}"
+    );
+
+    // The port still serves WeCom's callbacks.
+    let callback = ticket_callback("after-the-slow-ones", unix_now(), DEMO_SUITE_ID);
+    assert_eq!(
+        post(&provider.callback_url, &callback).await,
+        (200, "success".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_suite_whose_key_is_check_configs_placeholder_loads_and_refuses_its_callbacks() {
+    init_test_logging();
+    // check-config printed an inline EncodingAESKey as "****", and that output was loaded.
+    let files = TempDir::new("placeholder-key");
+    let corps = files.write("corps.toml", corps_file(&[CORP_A]));
+    let config = format!(
+        r#"
+default_app = "{default_app}"
+[[suites]]
+name = "{SUITE}"
+suite_id = "{DEMO_SUITE_ID}"
+suite_secret = "****"
+token = "{DEMO_CALLBACK_TOKEN}"
+encoding_aes_key = "****"
+corps_file = "{corps}"
+"#,
+        default_app = CORP_A.0,
+        corps = corps.display(),
+    );
+    let path = files.write("config.toml", config);
+    let mut settings =
+        Settings::load(Some(&path), &BTreeMap::new()).expect("check-config's output loads back");
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.admin_listen = "127.0.0.1:0".parse().unwrap();
+    settings.callback.listen = "127.0.0.1:0".parse().unwrap();
+    let app = Application::build(settings).await.expect("gateway builds");
+    let (callback, admin) = (app.callback_addr().unwrap(), app.admin_addr());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+
+    let url = format!("http://{callback}/suites/{SUITE}/callback");
+    let (status, answer) = post(&url, &ticket_callback("t", unix_now(), DEMO_SUITE_ID)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.contains("EncodingAESKey is not configured"),
+        "{answer}"
+    );
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line =
+        format!("wecom_kf_upgrade_suite_callbacks_total{{suite=\"{SUITE}\",outcome=\"no_key\"}} 1");
+    assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
 }
 
 // === corps and apps added without a restart ===

@@ -66,6 +66,52 @@ app.kubernetes.io/component: gateway
 {{- define "wecom-kf-upgrade.clientCaDir" -}}/var/run/secrets/wecom-kf-upgrade/client-ca{{- end }}
 {{- define "wecom-kf-upgrade.callersDir" -}}/var/run/secrets/wecom-kf-upgrade/callers{{- end }}
 
+{{/* Where each suite's secrets and corps file (one directory per suite) and the apps file are mounted. */}}
+{{- define "wecom-kf-upgrade.suitesDir" -}}/var/run/secrets/wecom-kf-upgrade/suites{{- end }}
+{{- define "wecom-kf-upgrade.appsFileDir" -}}/var/run/secrets/wecom-kf-upgrade/apps{{- end }}
+
+{{/* "true" when the gateway runs suites: some are listed, outside the sandbox (which has its own demo suite). */}}
+{{- define "wecom-kf-upgrade.suitesOn" -}}
+{{- if and .Values.suites (not .Values.sandbox.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the gateway reads an apps file (not in the sandbox, which reads none). */}}
+{{- define "wecom-kf-upgrade.appsFileOn" -}}
+{{- if and .Values.appsFile.secretName (not .Values.sandbox.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* The Service of the callback port alone. */}}
+{{- define "wecom-kf-upgrade.callbackServiceName" -}}
+{{- printf "%s-callback" (include "wecom-kf-upgrade.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The chart's Secret of the suites whose secrets are in the values. */}}
+{{- define "wecom-kf-upgrade.suitesSecretName" -}}
+{{- printf "%s-suites" (include "wecom-kf-upgrade.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/* "true" when the chart makes that Secret: some suite has no existingSecret. */}}
+{{- define "wecom-kf-upgrade.createsSuitesSecret" -}}
+{{- if include "wecom-kf-upgrade.suitesOn" . }}
+{{- range .Values.suites }}{{ if not .existingSecret }}true{{ end }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* A suite's files, each under the key of the same name in its existingSecret (in the chart's Secret, `NAME.FILE`). */}}
+{{- define "wecom-kf-upgrade.suiteFiles" -}}suite-secret token encoding-aes-key corps.toml{{- end }}
+
+{{/* A suite's corps file, rendered from its `corps` value. */}}
+{{- define "wecom-kf-upgrade.corpsToml" -}}
+# The corps that authorised suite {{ .name }} (rendered by the wecom-kf-upgrade chart).
+{{- range .corps }}
+
+[[corps]]
+app = {{ toJson .app }}
+auth_corpid = {{ toJson .authCorpId }}
+permanent_code = {{ toJson .permanentCode }}
+{{- end }}
+{{ end }}
+
 {{/*
 "true" when the kubelet can probe grpc.health.v1.Health itself: its gRPC probes speak neither
 TLS nor bearer tokens. Otherwise the probes ask the admin port's /healthz and /readyz.
@@ -94,7 +140,7 @@ some app is configured.
 
 {{/* "true" when no WeCom app is configured and the sandbox is off: the gateway would refuse to start. */}}
 {{- define "wecom-kf-upgrade.unconfigured" -}}
-{{- if and (not .Values.sandbox.enabled) (not .Values.wecom.corpId) (not .Values.wecom.apps) }}true{{ end }}
+{{- if and (not .Values.sandbox.enabled) (not .Values.wecom.corpId) (not .Values.wecom.apps) (not .Values.suites) (not .Values.appsFile.secretName) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -137,13 +183,47 @@ would refuse them at start, later and further from the cause.
 {{- if and $w.corpId $w.defaultApp (ne $w.defaultApp "default") }}
 {{- fail "wecom.defaultApp: with wecom.corpId the default app is that app, named default; leave defaultApp empty" }}
 {{- end }}
+{{- $seenSuites := dict }}
+{{- range $i, $s := .Values.suites }}
+{{- $at := printf "suites[%d]" $i }}
+{{- if not (regexMatch "^[A-Za-z0-9._-]{1,64}$" (toString $s.name)) }}
+{{- fail (printf "%s.name: is required: 1-64 of A-Z a-z 0-9 - _ . (it is in the callback URL /suites/NAME/callback)" $at) }}
+{{- end }}
+{{- if hasKey $seenSuites $s.name }}
+{{- fail (printf "%s.name: %s names two suites" $at $s.name) }}
+{{- end }}
+{{- $_ := set $seenSuites $s.name true }}
+{{- if $s.existingSecret }}
+{{- range $key := list "suiteSecret" "token" "encodingAesKey" "corps" }}
+{{- if index $s $key }}
+{{- fail (printf "%s.%s: leave it out with %s.existingSecret (that Secret holds it)" $at $key $at) }}
+{{- end }}
+{{- end }}
+{{- else if not $.Values.sandbox.enabled }}
+{{- range $key := list "suiteSecret" "token" "encodingAesKey" }}
+{{- if not (index $s $key) }}
+{{- fail (printf "%s.%s: is required (or set %s.existingSecret, a Secret with the keys suite-secret, token, encoding-aes-key and corps.toml)" $at $key $at) }}
+{{- end }}
+{{- end }}
+{{- if ne (len $s.encodingAesKey) 43 }}
+{{- fail (printf "%s.encodingAesKey: must be the 43 characters of the suite's EncodingAESKey" $at) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if not .Values.sandbox.enabled }}
 {{- $names := list }}
 {{- range $w.apps }}{{ $names = append $names .name }}{{ end }}
 {{- if $w.corpId }}{{ $names = append $names "default" }}{{ end }}
+{{- range .Values.suites }}{{ range .corps }}{{ $names = append $names .app }}{{ end }}{{ end }}
+{{- /* Apps in an existing Secret (a suite's corps file, the apps file) are unknown here: the gateway checks them. */}}
+{{- $complete := not .Values.appsFile.secretName }}
+{{- range .Values.suites }}{{ if .existingSecret }}{{ $complete = false }}{{ end }}{{ end }}
 {{- $default := include "wecom-kf-upgrade.defaultApp" . | default (ternary (first $names) "default" (eq (len $names) 1)) }}
-{{- if and $names (not (has $default $names)) }}
+{{- if and $complete $names (not (has $default $names)) }}
 {{- fail (printf "wecom.defaultApp: %s is not one of the apps (%s); name one of them, or set wecom.corpId for an app called default" $default (join ", " $names)) }}
+{{- end }}
+{{- if and (not $complete) (not $w.corpId) (not $w.apps) (not $w.defaultApp) }}
+{{- fail "wecom.defaultApp: is required with a suite's existingSecret or an apps file and no other app: name the app (a corp's `app`, or an app of the apps file) that serves calls without x-wecom-app" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -176,6 +256,11 @@ default_app = {{ toJson . }}
 {{- with .Values.wecom.apiBase }}
 api_base = {{ toJson . }}
 {{- end }}
+{{- if include "wecom-kf-upgrade.appsFileOn" . }}
+# More apps (代开发), re-read when the mounted Secret changes.
+apps_file = {{ printf "%s/%s" (include "wecom-kf-upgrade.appsFileDir" .) .Values.appsFile.key | toJson }}
+apps_reload_interval_ms = {{ int64 .Values.appsFile.reloadIntervalMs }}
+{{- end }}
 {{- range .Values.wecom.apps }}
 
 [[apps]]
@@ -207,6 +292,36 @@ max_decode_message_bytes = {{ int64 $c.server.maxDecodeMessageBytes }}
 max_concurrent_streams = {{ int64 $c.server.maxConcurrentStreams }}
 drain_delay_ms = {{ int64 $c.server.drainDelayMs }}
 shutdown_grace_ms = {{ int64 $c.server.shutdownGraceMs }}
+{{- if include "wecom-kf-upgrade.suitesOn" . }}
+{{- range .Values.suites }}
+{{- $dir := printf "%s/%s" (include "wecom-kf-upgrade.suitesDir" $) .name }}
+
+[[suites]]
+name = {{ toJson .name }}
+suite_id = {{ toJson .suiteId }}
+suite_secret_file = {{ printf "%s/suite-secret" $dir | toJson }}
+token_file = {{ printf "%s/token" $dir | toJson }}
+encoding_aes_key_file = {{ printf "%s/encoding-aes-key" $dir | toJson }}
+corps_file = {{ printf "%s/corps.toml" $dir | toJson }}
+{{- with .providerCorpId }}
+provider_corp_id = {{ toJson . }}
+{{- end }}
+{{- with .apiBase }}
+api_base = {{ toJson . }}
+{{- end }}
+{{- with .reloadIntervalMs }}
+reload_interval_ms = {{ int64 . }}
+{{- end }}
+{{- end }}
+
+[callback]
+listen = {{ include "wecom-kf-upgrade.listenAddress" (list . .Values.ports.callback) | toJson }}
+max_clock_skew_secs = {{ int64 $c.callback.maxClockSkewSecs }}
+max_body_bytes = {{ int64 $c.callback.maxBodyBytes }}
+max_connections = {{ int64 $c.callback.maxConnections }}
+handshake_timeout_ms = {{ int64 $c.callback.handshakeTimeoutMs }}
+request_read_timeout_ms = {{ int64 $c.callback.requestReadTimeoutMs }}
+{{- end }}
 {{- if .Values.redis.existingSecret }}
 
 # The URL itself is WECOM_REDIS_URL, from the Secret.
@@ -249,6 +364,51 @@ port), rounded up to whole seconds, plus a margin.
 - name: callers
   mountPath: {{ include "wecom-kf-upgrade.callersDir" . }}
   readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The gateway's mounts of each suite's Secret and of the apps file (each if set). */}}
+{{- define "wecom-kf-upgrade.providerMounts" -}}
+{{- if include "wecom-kf-upgrade.suitesOn" . }}
+{{- range $i, $s := .Values.suites }}
+- name: suite-{{ $i }}
+  mountPath: {{ include "wecom-kf-upgrade.suitesDir" $ }}/{{ $s.name }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- if include "wecom-kf-upgrade.appsFileOn" . }}
+- name: apps-file
+  mountPath: {{ include "wecom-kf-upgrade.appsFileDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Their volumes: whole Secret volumes (never subPath, which would freeze the files, so a
+changed corps file or apps file reaches the gateway), each suite's keys under fixed names.
+*/}}
+{{- define "wecom-kf-upgrade.providerVolumes" -}}
+{{- if include "wecom-kf-upgrade.suitesOn" . }}
+{{- range $i, $s := .Values.suites }}
+- name: suite-{{ $i }}
+  secret:
+    secretName: {{ $s.existingSecret | default (include "wecom-kf-upgrade.suitesSecretName" $) }}
+    items:
+      {{- range $file := splitList " " (include "wecom-kf-upgrade.suiteFiles" $) }}
+      - key: {{ ternary $file (printf "%s.%s" $s.name $file) (not (empty $s.existingSecret)) }}
+        path: {{ $file }}
+      {{- end }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+{{- if include "wecom-kf-upgrade.appsFileOn" . }}
+- name: apps-file
+  secret:
+    secretName: {{ .Values.appsFile.secretName }}
+    items:
+      - key: {{ .Values.appsFile.key }}
+        path: {{ .Values.appsFile.key }}
+    defaultMode: 0440
 {{- end }}
 {{- end }}
 
