@@ -101,6 +101,8 @@ pub(crate) fn watch<T, F>(
             };
             last_read_error = None;
             if snapshot.digest == seen {
+                // Back to what is in use: a refused version coming again is news.
+                last_refusal = None;
                 continue;
             }
             let Some(target) = target.upgrade() else {

@@ -607,6 +607,52 @@ async fn apps_of_the_apps_file_are_added_without_a_restart() {
     assert_eq!(provider.requests_to(Endpoint::GetToken).len(), 1);
 }
 
+/// An app moved from the apps file to a corps file arrives whichever file is
+/// re-read first: the corps file naming it is refused while the apps file still
+/// has it, and taken once it no longer does.
+#[tokio::test]
+async fn an_app_moved_from_the_apps_file_to_a_corps_file_arrives_in_either_order() {
+    let dir = TempDir::new("moved-app");
+    let apps_file = dir.write(
+        "apps.toml",
+        format!(
+            "[[apps]]\nname = \"moved\"\ncorp_id = \"{DEMO_CORP_ID}\"\nsecret = \"{DEMO_SECRET}\"\n"
+        ),
+    );
+    let provider = spawn_provider(
+        &[CORP_A],
+        &format!(
+            "apps_file = \"{}\"\napps_reload_interval_ms = 100\n",
+            apps_file.display()
+        ),
+    )
+    .await;
+    provider.sandbox.push_ticket().await.unwrap();
+    provider.upgrade("moved", EXTERNAL_USERID).await.unwrap();
+    assert_eq!(provider.requests_to(Endpoint::GetToken).len(), 1);
+
+    // The corps file is changed first, and refused while the apps file has the app.
+    let moved = ("moved", CORP_B.1, CORP_B.2);
+    provider
+        .files
+        .write("corps.toml", corps_file(&[CORP_A, moved]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    dir.write("apps.toml", "");
+    eventually("the app's arrival from the corps file", async || {
+        provider.upgrade("moved", EXTERNAL_USERID).await.is_ok()
+            && provider
+                .corp_token_requests()
+                .contains(&CORP_B.1.to_owned())
+    })
+    .await;
+    provider.upgrade("moved", EXTERNAL_USERID).await.unwrap();
+    assert_eq!(
+        provider.requests_to(Endpoint::GetToken).len(),
+        1,
+        "no gettoken since the move: the app is the suite's corp"
+    );
+}
+
 // === a fleet ===
 
 /// How many clients Redis has connected.
