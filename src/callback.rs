@@ -14,9 +14,12 @@
 //!   answer is `success`.
 //!
 //! A callback is refused with nothing stored when its timestamp is further from
-//! the gateway's clock than `max_clock_skew_secs`, when its (timestamp, nonce,
-//! signature) was seen before, when its signature or receiver id is wrong, and
-//! when its body is not what WeCom sends.
+//! the gateway's clock than `max_clock_skew_secs`, when its signature or receiver
+//! id is wrong, and when its body is not what WeCom sends. A repeat of a callback
+//! already taken (same signature, which covers timestamp, nonce and ciphertext)
+//! is answered `success` again and does nothing: WeCom sends a callback again
+//! when its first delivery saw no `success` in time, and a replay by anyone else
+//! must change nothing.
 //!
 //! The port faces the internet, so it is served as the gRPC port is: through the
 //! hardened accept loop of [`crate::listener`] (a cap on connections, a deadline
@@ -102,7 +105,6 @@ enum Refusal {
     UnknownSuite,
     MissingQuery,
     Stale,
-    Replayed,
     BadSignature,
     WrongReceiver,
     Malformed,
@@ -118,7 +120,7 @@ impl Refusal {
             Refusal::MissingQuery | Refusal::Malformed => StatusCode::BAD_REQUEST,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::NoKey => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::Stale | Refusal::Replayed | Refusal::BadSignature | Refusal::WrongReceiver => {
+            Refusal::Stale | Refusal::BadSignature | Refusal::WrongReceiver => {
                 StatusCode::FORBIDDEN
             }
         }
@@ -130,7 +132,6 @@ impl Refusal {
             Refusal::UnknownSuite => "unknown_suite",
             Refusal::MissingQuery => "missing_query",
             Refusal::Stale => "stale",
-            Refusal::Replayed => "replayed",
             Refusal::BadSignature => "bad_signature",
             Refusal::WrongReceiver => "wrong_receiver",
             Refusal::Malformed => "malformed",
@@ -144,7 +145,6 @@ impl Refusal {
             Refusal::UnknownSuite => "unknown suite",
             Refusal::MissingQuery => "msg_signature, timestamp and nonce are required",
             Refusal::Stale => "timestamp too far from the gateway's clock",
-            Refusal::Replayed => "callback already received",
             Refusal::BadSignature => "signature does not match",
             Refusal::WrongReceiver => "message is for another receiver",
             Refusal::Malformed => "malformed callback",
@@ -268,15 +268,15 @@ impl Callbacks {
         open.shutdown().await;
     }
 
-    /// Finds the suite and checks the timestamp, the signature and that the
-    /// callback is new; returns what it decrypts to.
+    /// Finds the suite and checks the timestamp and the signature; returns what
+    /// it decrypts to, and whether it is new (else a repeat of one already taken).
     fn open(
         &self,
         suite: &str,
         query: Result<Query<Signed>, QueryRejection>,
         encrypted: &str,
         receivers: impl Fn(&Receiver) -> Vec<&str>,
-    ) -> Result<(&Receiver, Vec<u8>), Refusal> {
+    ) -> Result<Opened<'_>, Refusal> {
         let receiver = self.suites.get(suite).ok_or(Refusal::UnknownSuite)?;
         let crypt = receiver.crypt.as_ref().ok_or(Refusal::NoKey)?;
         let Query(signed) = query.map_err(|_| Refusal::MissingQuery)?;
@@ -297,21 +297,31 @@ impl Callbacks {
         if !receivers(receiver).contains(&opened.receive_id.as_str()) {
             return Err(Refusal::WrongReceiver);
         }
-        let key = (
-            signed.timestamp,
-            signed.nonce,
-            signed.msg_signature.to_ascii_lowercase(),
-        );
-        let first = self
-            .seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .first_time(key, timestamp, now() - skew);
-        if !first {
-            return Err(Refusal::Replayed);
-        }
-        Ok((receiver, opened.message))
+        // The signature covers the timestamp, the nonce and the ciphertext, and is
+        // hex, checked whatever its case.
+        let key = signed.msg_signature.to_ascii_lowercase();
+        let first = self.seen().first_time(key.clone(), timestamp, now() - skew);
+        Ok(Opened {
+            receiver,
+            message: opened.message,
+            key,
+            first,
+        })
     }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A callback that passed the checks.
+struct Opened<'a> {
+    receiver: &'a Receiver,
+    message: Vec<u8>,
+    /// What it is remembered by.
+    key: String,
+    /// Not seen before: else a repeat of a callback already taken.
+    first: bool,
 }
 
 /// Unix seconds now.
@@ -321,13 +331,13 @@ fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// The (timestamp, nonce, signature) of callbacks accepted within the clock
-/// skew window: a replay of one is refused.
+/// The signatures (lower-cased) of callbacks taken within the clock skew window:
+/// a repeat of one does nothing.
 #[derive(Debug)]
 struct Seen {
-    keys: HashSet<(String, String, String)>,
+    keys: HashSet<String>,
     /// Oldest first, with their timestamps, to forget them once out of the window.
-    order: VecDeque<(i64, (String, String, String))>,
+    order: VecDeque<(i64, String)>,
     capacity: usize,
 }
 
@@ -342,7 +352,7 @@ impl Seen {
 
     /// Remembers `key`; false if it was seen already. Callbacks older than
     /// `oldest` are forgotten: their timestamps are refused anyway.
-    fn first_time(&mut self, key: (String, String, String), timestamp: i64, oldest: i64) -> bool {
+    fn first_time(&mut self, key: String, timestamp: i64, oldest: i64) -> bool {
         while let Some((at, _)) = self.order.front()
             && (*at < oldest || self.order.len() >= self.capacity)
         {
@@ -355,6 +365,12 @@ impl Seen {
         }
         self.order.push_back((timestamp, key));
         true
+    }
+
+    /// Forgets a callback that was not taken after all (its contents were not
+    /// WeCom's), so that a repeat of it is judged again rather than acknowledged.
+    fn forget(&mut self, key: &str) {
+        self.keys.remove(key);
     }
 }
 
@@ -373,7 +389,12 @@ async fn verify_url(
         r.url_check_ids.iter().map(String::as_str).collect()
     });
     match opened {
-        Ok((receiver, echo)) => {
+        // A repeated URL check is answered again: it changes nothing.
+        Ok(Opened {
+            receiver,
+            message: echo,
+            ..
+        }) => {
             callbacks.counted(receiver, "url_verified");
             let suite = receiver.suite.name();
             tracing::info!(suite, "callback URL verified by WeCom");
@@ -406,14 +427,24 @@ async fn receive(
         return callbacks.refused(&suite, "callback", Refusal::Malformed);
     };
     let opened = callbacks.open(&suite, query, &encrypted, |r| vec![r.suite.suite_id()]);
-    let (receiver, message) = match opened {
+    let opened = match opened {
         Ok(opened) => opened,
         Err(refusal) => return callbacks.refused(&suite, "callback", refusal),
     };
-    let event = std::str::from_utf8(&message)
+    let receiver = opened.receiver;
+    if !opened.first {
+        callbacks.counted(receiver, "replayed");
+        tracing::info!(
+            suite = receiver.suite.name(),
+            "callback already taken: acknowledged again, nothing done"
+        );
+        return (StatusCode::OK, "success").into_response();
+    }
+    let event = std::str::from_utf8(&opened.message)
         .ok()
         .and_then(|xml| SuiteEvent::parse(xml, receiver.suite.suite_id()).ok());
     let Some(event) = event else {
+        callbacks.seen().forget(&opened.key);
         return callbacks.refused(&suite, "callback", Refusal::Malformed);
     };
     callbacks.take(receiver, event).await;
@@ -482,8 +513,8 @@ impl Callbacks {
 mod tests {
     use super::*;
 
-    fn key(n: &str) -> (String, String, String) {
-        (n.to_owned(), n.to_owned(), n.to_owned())
+    fn key(n: &str) -> String {
+        n.to_owned()
     }
 
     #[test]
@@ -496,6 +527,14 @@ mod tests {
         assert!(seen.first_time(key("c"), 300, 150));
         assert!(!seen.keys.contains(&key("a")));
         assert!(!seen.first_time(key("b"), 200, 150));
+    }
+
+    #[test]
+    fn a_callback_forgotten_is_new_again() {
+        let mut seen = Seen::new(10);
+        assert!(seen.first_time(key("a"), 100, 0));
+        seen.forget("a");
+        assert!(seen.first_time(key("a"), 100, 0));
     }
 
     #[test]

@@ -96,7 +96,7 @@ struct SandboxArgs {
     token_ttl_secs: u64,
     /// Push the demo suite's tickets to this callback URL (a gateway's
     /// `http://HOST:9466/suites/NAME/callback`), at start and every ten minutes.
-    #[arg(long)]
+    #[arg(long, value_parser = plain_http_url)]
     push_tickets_to: Option<url::Url>,
 }
 
@@ -408,5 +408,44 @@ async fn health(args: HealthArgs) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A URL the sandbox can push to: it speaks plain HTTP only (it is a local
+/// simulator, with no TLS client of its own).
+fn plain_http_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if url.scheme() != "http" || url.host().is_none() {
+        return Err(format!(
+            "the sandbox pushes tickets over plain HTTP only: give the gateway's callback \
+             port itself, like http://127.0.0.1:9466/suites/{DEMO_SUITE}/callback, not `{}://…`",
+            url.scheme()
+        ));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_sandbox_pushes_tickets_to_plain_http_urls_only() {
+        let parse = |url: &str| {
+            Cli::try_parse_from(["wecom-kf-upgrade", "sandbox", "--push-tickets-to", url])
+        };
+        assert!(parse("http://127.0.0.1:9466/suites/demo-suite/callback").is_ok());
+        for refused in [
+            "https://gateway.example/suites/demo-suite/callback",
+            "ftp://gateway.example/",
+            "not a url",
+        ] {
+            let error = parse(refused).unwrap_err().to_string();
+            assert!(error.contains("--push-tickets-to"), "{refused}: {error}");
+        }
+        let error = parse("https://gateway.example/").unwrap_err().to_string();
+        assert!(error.contains("plain HTTP only"), "{error}");
     }
 }

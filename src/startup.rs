@@ -32,7 +32,7 @@ use crate::{
     config::{Settings, is_cleartext_remote, is_exposed},
     grpc::{self, CallLimits, CustomerUpgradeServiceServer, Cutoff, UpgradeGateway, pb},
     listener::{Incoming, ListenerSettings},
-    reload::{self, Snapshot},
+    reload::{self, Digest},
     telemetry::{Metrics, redacted},
     tls::{TlsAcceptor, TlsError},
     wecom::{AppChanges, AppSpec, Apps, AppsError},
@@ -447,13 +447,14 @@ type SpecsOf = Box<dyn Fn(Vec<u8>) -> Result<Vec<AppSpec>, String> + Send + Sync
 /// makes the apps they list the apps of their group: added, rebuilt when changed,
 /// removed when gone; a version that cannot be used is logged and the apps stay.
 fn watch_app_files(settings: &Settings, apps: &Arc<Apps>) {
+    // `seen`: the digest of the bytes loaded with the configuration, so that a
+    // change made since is seen at the first check.
     let watch = |what: &'static str,
                  path: &std::path::Path,
                  interval: Duration,
+                 seen: Digest,
                  group: String,
                  specs: SpecsOf| {
-        // What it holds now was loaded with the configuration.
-        let seen = Snapshot::read(&[path.to_path_buf()]).map_or([0; 32], |s| s.digest);
         reload::watch(
             what,
             vec![path.to_path_buf()],
@@ -479,6 +480,7 @@ fn watch_app_files(settings: &Settings, apps: &Arc<Apps>) {
             "suite corps",
             path,
             suite.reload_interval,
+            suite.corps_digest,
             corps_group(&name),
             Box::new(move |bytes| {
                 let corps = parse_corps(&bytes)?;
@@ -492,6 +494,7 @@ fn watch_app_files(settings: &Settings, apps: &Arc<Apps>) {
             "apps",
             &file.path,
             file.reload_interval,
+            file.digest,
             APPS_FILE_GROUP.to_owned(),
             Box::new(move |bytes| {
                 let apps =

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     auth::Callers,
+    reload::Snapshot,
     tls::{self, TlsFile},
 };
 
@@ -341,6 +342,7 @@ impl Plan {
                     ConfigError::new(key, format!("cannot read {}: {e}", path.display()))
                 })?;
                 let file_apps = parse_apps_file(&bytes, env, &api_base)?;
+                let digest = Snapshot::of(vec![bytes]).digest;
                 let reload_interval = self
                     .file
                     .apps_reload_interval_ms
@@ -350,6 +352,7 @@ impl Plan {
                     reload_interval,
                     api_base,
                     apps: file_apps,
+                    digest,
                 })
             }
             None => None,

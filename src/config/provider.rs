@@ -24,7 +24,10 @@ use super::{
     load::{AppPlan, SecretSpec, secret_spec},
     validate,
 };
-use crate::wecom::{AppCredentials, AppSpec};
+use crate::{
+    reload::{Digest, Snapshot},
+    wecom::{AppCredentials, AppSpec},
+};
 
 /// The port the callback endpoint listens on by default.
 pub(super) const CALLBACK_PORT: u16 = 9466;
@@ -68,6 +71,9 @@ pub struct SuiteSettings {
     pub corps: Vec<CorpSettings>,
     /// The file the corps come from, re-read when it changes (`corps_file`).
     pub corps_file: Option<PathBuf>,
+    /// The digest of the file's bytes `corps` was read from: its reloads start
+    /// from what was parsed, not from a later read that a change may slip between.
+    pub(crate) corps_digest: Digest,
     /// How often it is checked for a change (`reload_interval_ms`).
     pub reload_interval: Duration,
 }
@@ -176,6 +182,8 @@ pub struct AppsFileSettings {
     pub api_base: Url,
     /// What it held when the configuration was loaded.
     pub apps: BTreeMap<String, AppSettings>,
+    /// The digest of the bytes `apps` was read from: its reloads start from it.
+    pub(crate) digest: Digest,
 }
 
 /// `[callback]` as written, and as printed.
@@ -369,7 +377,7 @@ impl SuitePlan {
                 let corps = parse_corps(&bytes).map_err(|problem| {
                     ConfigError::new(&key, format!("{}: {problem}", path.display()))
                 })?;
-                (corps, Some(path))
+                (corps, Some((path, Snapshot::of(vec![bytes]).digest)))
             }
             Corps::Given(corps) => (corps, None),
             Corps::Missing(error) => return Err(error),
@@ -385,7 +393,8 @@ impl SuitePlan {
             provider_corp_id: self.provider_corp_id,
             api_base,
             corps,
-            corps_file,
+            corps_digest: corps_file.as_ref().map_or([0; 32], |(_, digest)| *digest),
+            corps_file: corps_file.map(|(path, _)| path),
             reload_interval: self.reload_interval,
         })
     }
@@ -702,6 +711,82 @@ mod tests {
         let error = load(&dir, &config, ENV).unwrap_err();
         assert_eq!(error.key, "suites[0].corps_file");
         assert!(error.problem.contains("corps[0].permanent_code"), "{error}");
+    }
+
+    #[test]
+    fn reloads_start_from_the_bytes_that_were_loaded() {
+        let dir = dir("digest");
+        let apps_file = dir.join("apps.toml");
+        let app = "[[apps]]\nname = \"custom\"\ncorp_id = \"ww\"\nsecret = \"s\"\n";
+        std::fs::write(&apps_file, app).unwrap();
+        let extra = format!("apps_file = \"{}\"\n", apps_file.display());
+        let settings = load(&dir, &suite_config(&corps(&dir, TWO_CORPS), &extra), ENV).unwrap();
+        // The files change right after loading: the watchers must see a change.
+        corps(&dir, "");
+        std::fs::write(&apps_file, "").unwrap();
+        let digest = |bytes: &str| Snapshot::of(vec![bytes.as_bytes().to_vec()]).digest;
+        assert_eq!(settings.suites["acme"].corps_digest, digest(TWO_CORPS));
+        assert_eq!(settings.apps_file.unwrap().digest, digest(app));
+    }
+
+    #[test]
+    fn reload_intervals_and_callback_knobs_have_bounds() {
+        let dir = dir("bounds");
+        let config = suite_config(&corps(&dir, TWO_CORPS), "");
+        let apps_file = dir.join("apps.toml");
+        std::fs::write(&apps_file, "").unwrap();
+        let refused = |extra_top: &str, extra_end: &str| {
+            let config = suite_config(&corps(&dir, TWO_CORPS), extra_top);
+            load(&dir, &format!("{config}{extra_end}"), ENV).map(|_| ())
+        };
+        let apps = |ms: u64| {
+            format!(
+                "apps_file = \"{}\"\napps_reload_interval_ms = {ms}\n",
+                apps_file.display()
+            )
+        };
+        for (top, end, key) in [
+            (
+                "",
+                "reload_interval_ms = 50\n",
+                "suites.acme.reload_interval_ms",
+            ),
+            (&apps(50), "", "apps_reload_interval_ms"),
+            (
+                "",
+                "[callback]\nmax_clock_skew_secs = 0\n",
+                "callback.max_clock_skew_secs",
+            ),
+            (
+                "",
+                "[callback]\nmax_clock_skew_secs = 3601\n",
+                "callback.max_clock_skew_secs",
+            ),
+            (
+                "",
+                "[callback]\nmax_body_bytes = 1023\n",
+                "callback.max_body_bytes",
+            ),
+            (
+                "",
+                "[callback]\nmax_body_bytes = 1048577\n",
+                "callback.max_body_bytes",
+            ),
+            (
+                "",
+                "[callback]\nmax_remembered = 999\n",
+                "callback.max_remembered",
+            ),
+        ] {
+            let error = refused(top, end).unwrap_err();
+            assert_eq!(error.key, key, "{top}{end}: {error}");
+            assert!(error.problem.contains("must be between"), "{error}");
+        }
+        // The bounds themselves are fine.
+        let edges = "reload_interval_ms = 100\n[callback]\nmax_clock_skew_secs = 3600\n\
+                     max_body_bytes = 1024\nmax_remembered = 1000\n";
+        refused(&apps(100), edges).unwrap();
+        assert!(load(&dir, &config, ENV).is_ok());
     }
 
     #[test]

@@ -303,6 +303,7 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
             ));
         }
     }
+    provider_bounds(s)?;
     // A lock that expires while its owner still waits for gettoken lets the other
     // replicas fetch too: it must outlast one request.
     if let Some(redis) = &s.redis
@@ -316,6 +317,61 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
                 ms(u.request_timeout)
             ),
         ));
+    }
+    Ok(())
+}
+
+/// The knobs of suites, the apps file and the callback endpoint.
+fn provider_bounds(s: &Settings) -> Result<(), ConfigError> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let c = &s.callback;
+    // (key, value, least, most); a file checked more often than every 100 ms
+    // costs reads for nothing, as with the TLS files and the callers file.
+    let mut knobs = vec![
+        (
+            "callback.max_clock_skew_secs".to_owned(),
+            c.max_clock_skew.as_secs(),
+            1,
+            3_600,
+        ),
+        (
+            "callback.max_body_bytes".to_owned(),
+            as_u64(c.max_body_bytes),
+            1 << 10,
+            1 << 20,
+        ),
+        // Fewer would forget a callback WeCom may still repeat within the window.
+        (
+            "callback.max_remembered".to_owned(),
+            as_u64(c.max_remembered),
+            1_000,
+            10_000_000,
+        ),
+    ];
+    for (name, suite) in &s.suites {
+        knobs.push((
+            format!("suites.{name}.reload_interval_ms"),
+            ms(suite.reload_interval),
+            100,
+            MAX_MS,
+        ));
+    }
+    if let Some(file) = &s.apps_file {
+        knobs.push((
+            "apps_reload_interval_ms".to_owned(),
+            ms(file.reload_interval),
+            100,
+            MAX_MS,
+        ));
+    }
+    for (key, value, least, most) in knobs {
+        if !(least..=most).contains(&value) {
+            return Err(ConfigError::new(
+                key,
+                format!("is {value}; it must be between {least} and {most}"),
+            ));
+        }
     }
     Ok(())
 }

@@ -137,6 +137,8 @@ pub struct Sandbox {
     /// WeCom requests received and not answered yet (a scripted delay may hold one):
     /// while it is above zero, the recommendations may still change.
     in_flight: AtomicUsize,
+    /// Pushes suite tickets to the gateway.
+    pusher: provider::Pusher,
 }
 
 /// An access token the sandbox issued.
@@ -169,6 +171,7 @@ impl Sandbox {
             config,
             state: Mutex::new(State::default()),
             in_flight: AtomicUsize::new(0),
+            pusher: provider::pusher(),
         })
     }
 

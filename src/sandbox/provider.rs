@@ -17,7 +17,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::task::AbortHandle;
@@ -120,6 +123,14 @@ pub(super) fn shown_body(path: &str, body: &Bytes) -> Option<Value> {
     Some(json!({ field: value }))
 }
 
+/// The HTTP client that pushes tickets: plain HTTP, one connection pool for
+/// every push.
+pub(super) type Pusher = Client<HttpConnector, Full<Bytes>>;
+
+pub(super) fn pusher() -> Pusher {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
 impl Sandbox {
     fn crypt(&self) -> Option<MsgCrypt> {
         let provider = &self.config.provider;
@@ -182,9 +193,12 @@ impl Sandbox {
         let request = http::Request::post(url)
             .body(Full::new(Bytes::from(envelope)))
             .map_err(|e| e.to_string())?;
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let exchange = async {
-            let answer = client.request(request).await.map_err(|e| e.to_string())?;
+            let answer = self
+                .pusher
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = answer.status();
             let body = answer
                 .into_body()

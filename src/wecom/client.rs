@@ -322,12 +322,24 @@ struct Registry {
     /// Who owns each app and what it was built from; held while the set changes,
     /// so that changes apply one at a time.
     owners: Mutex<BTreeMap<String, Owner>>,
+    /// Keys the fingerprints of what apps are built from: a key of this process
+    /// alone, so that a fingerprint says nothing of the secret in it.
+    fingerprints: ring::hmac::Key,
 }
 
-#[derive(Debug)]
 struct Owner {
     group: String,
-    digest: [u8; 32],
+    /// What the app was built from ([`AppSpec::fingerprint`]).
+    fingerprint: [u8; 32],
+}
+
+impl fmt::Debug for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The fingerprint is derived from a secret: shown by no output.
+        f.debug_struct("Owner")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a change to the set of apps did.
@@ -406,6 +418,7 @@ impl Apps {
                 suites,
                 factory,
                 owners: Mutex::new(BTreeMap::new()),
+                fingerprints: fingerprint_key()?,
             }),
         };
         let mut groups: BTreeMap<String, Vec<AppSpec>> = BTreeMap::new();
@@ -461,7 +474,8 @@ impl Apps {
     /// Makes `specs` the apps of `group` (the file they come from): apps of the
     /// group that are not in `specs` are removed, new ones added, changed ones
     /// rebuilt; others keep their token. Nothing changes if a spec is invalid
-    /// (a name another group owns, an unknown suite).
+    /// (a name another group owns, an unknown suite) or if the change would remove
+    /// the default app.
     pub fn replace_group(&self, group: &str, specs: Vec<AppSpec>) -> Result<AppChanges, AppsError> {
         let inner = &self.inner;
         let mut owners = inner.owners.lock().unwrap_or_else(PoisonError::into_inner);
@@ -488,6 +502,16 @@ impl Apps {
             }
             wanted.insert(spec.name.clone(), spec);
         }
+        // Calls without `x-wecom-app` need it: its file must keep it.
+        if owners
+            .get(&inner.default_app)
+            .is_some_and(|owner| owner.group == group)
+            && !wanted.contains_key(&inner.default_app)
+        {
+            return Err(AppsError::DefaultAppRemoved {
+                app: inner.default_app.clone(),
+            });
+        }
         let gone: Vec<String> = owners
             .iter()
             .filter(|(name, owner)| owner.group == group && !wanted.contains_key(*name))
@@ -499,9 +523,9 @@ impl Apps {
             changes.removed.push(name);
         }
         for (name, spec) in wanted {
-            let digest = spec.digest();
+            let fingerprint = spec.fingerprint(&inner.fingerprints);
             match owners.get(&name) {
-                Some(owner) if owner.digest == digest => continue,
+                Some(owner) if owner.fingerprint == fingerprint => continue,
                 Some(_) => changes.changed.push(name.clone()),
                 None => changes.added.push(name.clone()),
             }
@@ -521,7 +545,7 @@ impl Apps {
                 name,
                 Owner {
                     group: group.to_owned(),
-                    digest,
+                    fingerprint,
                 },
             );
         }
@@ -550,6 +574,18 @@ pub enum AppsError {
         /// The app's name.
         app: String,
     },
+    /// The system's random number generator failed.
+    #[error("cannot get random bytes from the operating system")]
+    Random,
+    /// A change would remove the app that serves calls without `x-wecom-app`.
+    #[error(
+        "app `{app}` is the default app (`default_app`): it cannot be removed while the \
+         gateway runs; set another default_app and restart first"
+    )]
+    DefaultAppRemoved {
+        /// The default app.
+        app: String,
+    },
     /// An app names a suite that is not configured.
     #[error("app `{app}` names suite `{suite}`, which is not configured")]
     UnknownSuite {
@@ -562,9 +598,10 @@ pub enum AppsError {
 
 impl AppSpec {
     /// Identifies what the app is built from (corp, credentials, API base): equal
-    /// digests, the same app.
-    fn digest(&self) -> [u8; 32] {
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    /// fingerprints, the same app. An HMAC under `key`, not a plain hash: a plain
+    /// hash of a secret would let anyone who sees it test guesses of the secret.
+    fn fingerprint(&self, key: &ring::hmac::Key) -> [u8; 32] {
+        let mut context = ring::hmac::Context::with_key(key);
         let mut field = |bytes: &[u8]| {
             context.update(&(bytes.len() as u64).to_be_bytes());
             context.update(bytes);
@@ -585,10 +622,16 @@ impl AppSpec {
                 field(permanent_code.expose_secret().as_bytes());
             }
         }
-        let mut digest = [0; 32];
-        digest.copy_from_slice(context.finish().as_ref());
-        digest
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(context.sign().as_ref());
+        fingerprint
     }
+}
+
+/// A random key for [`AppSpec::fingerprint`], made once per process.
+fn fingerprint_key() -> Result<ring::hmac::Key, AppsError> {
+    ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+        .map_err(|_| AppsError::Random)
 }
 
 impl Factory {
@@ -732,10 +775,9 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn debug_output_shows_no_secret_and_no_url_password() {
+    fn settings() -> AdapterSettings {
         let second = Duration::from_secs(1);
-        let settings = AdapterSettings {
+        AdapterSettings {
             http: HttpSettings {
                 connect_timeout: second,
                 request_timeout: second,
@@ -764,7 +806,61 @@ mod tests {
             max_rate_wait: second,
             max_requests_per_app: 1,
             fleet: None,
-        };
+        }
+    }
+
+    fn corp_app(name: &str) -> AppSpec {
+        AppSpec {
+            name: name.to_owned(),
+            corp_id: format!("corp-{name}"),
+            credentials: AppCredentials::Suite {
+                suite: "acme".to_owned(),
+                permanent_code: SecretString::from(format!("PERMANENT-CODE-{name}")),
+            },
+            group: "suite acme".to_owned(),
+            api_base: "https://qyapi.weixin.qq.com".parse().unwrap(),
+        }
+    }
+
+    fn suite() -> SuiteSpec {
+        SuiteSpec {
+            name: "acme".to_owned(),
+            suite_id: "ww-suite".to_owned(),
+            secret: SecretString::from("SUITE-SECRET".to_owned()),
+            api_base: "https://qyapi.weixin.qq.com".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_that_drops_the_default_app_is_refused_and_changes_nothing() {
+        let apps = Apps::new(
+            &settings(),
+            [suite()],
+            [corp_app("a"), corp_app("b")],
+            "a".to_owned(),
+            &Metrics::new(),
+        )
+        .unwrap();
+        let error = apps
+            .replace_group("suite acme", vec![corp_app("b"), corp_app("c")])
+            .unwrap_err();
+        assert!(
+            matches!(&error, AppsError::DefaultAppRemoved { app } if app == "a"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("default_app"), "{error}");
+        assert_eq!(apps.names(), ["a", "b"], "the previous set stays");
+        // Removing any other app is fine.
+        let changes = apps
+            .replace_group("suite acme", vec![corp_app("a")])
+            .unwrap();
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(apps.names(), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn debug_output_shows_no_secret_and_no_url_password() {
+        let settings = settings();
         let spec = || AppSpec {
             name: "shop".to_owned(),
             corp_id: "ww1".to_owned(),
@@ -781,5 +877,11 @@ mod tests {
         for secret in ["CORP-SECRET", "URL-PASSWORD"] {
             assert!(!shown.contains(secret), "{shown}");
         }
+        // Nothing derived from the secret either: the owner shows no fingerprint.
+        assert!(
+            shown.contains(r#"Owner { group: "config", .. }"#),
+            "{shown}"
+        );
+        assert!(!shown.contains("digest"), "{shown}");
     }
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -17,6 +17,7 @@ use tokio::{
 };
 use tonic::Code;
 use wecom_kf_upgrade::{
+    auth::new_caller,
     config::Settings,
     grpc::pb,
     sandbox::{
@@ -111,7 +112,7 @@ suite_secret_file = "{secret}"
 token_env = "SUITE_CALLBACK_TOKEN"
 encoding_aes_key = "{DEMO_ENCODING_AES_KEY}"
 corps_file = "{corps}"
-reload_interval_ms = 50
+reload_interval_ms = 100
 "#,
         default_app = CORP_A.0,
         secret = secret.display(),
@@ -363,7 +364,7 @@ async fn post(url: &str, callback: &Callback) -> (u16, String) {
 }
 
 #[tokio::test]
-async fn bad_replayed_stale_or_malformed_callbacks_are_refused_with_nothing_stored() {
+async fn bad_stale_or_malformed_callbacks_are_refused_and_repeats_do_nothing() {
     let provider = spawn_provider(&[CORP_A], "").await;
     let url = &provider.callback_url;
     let now = unix_now();
@@ -395,10 +396,19 @@ async fn bad_replayed_stale_or_malformed_callbacks_are_refused_with_nothing_stor
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "SUITE_TICKET_MISSING");
 
-    // A genuine callback is taken once; its replay is refused.
+    // A genuine callback is taken once; a repeat of it (WeCom sends one again when
+    // its first delivery saw no `success` in time), whatever the case of its
+    // signature, is acknowledged and does nothing.
     let genuine = ticket_callback("genuine-but-unknown-to-wecom", now, DEMO_SUITE_ID);
     assert_eq!(post(url, &genuine).await, (200, "success".to_owned()));
-    assert_eq!(post(url, &genuine).await.0, 403);
+    assert_eq!(post(url, &genuine).await, (200, "success".to_owned()));
+    let shouted = Callback {
+        signature: genuine.signature.to_ascii_uppercase(),
+        timestamp: genuine.timestamp.clone(),
+        nonce: genuine.nonce.clone(),
+        body: genuine.body.clone(),
+    };
+    assert_eq!(post(url, &shouted).await, (200, "success".to_owned()));
     // The ticket was stored and used at once: WeCom does not know it.
     let status = provider
         .upgrade(CORP_A.0, EXTERNAL_USERID)
@@ -417,7 +427,7 @@ async fn bad_replayed_stale_or_malformed_callbacks_are_refused_with_nothing_stor
         (SUITE, "stale", 2),
         (SUITE, "wrong_receiver", 1),
         (SUITE, "malformed", 1),
-        (SUITE, "replayed", 1),
+        (SUITE, "replayed", 2),
         (SUITE, "ticket_stored", 1),
         ("unknown", "unknown_suite", 1),
     ] {
@@ -625,19 +635,77 @@ async fn corps_come_and_go_with_the_corps_file() {
     })
     .await;
 
+    // Corp A is the default app: a version without it is refused, and everything
+    // stays as it was (checked over several reload intervals).
     provider.files.write("corps.toml", corps_file(&[CORP_B]));
-    eventually("corp A's removal", async || {
-        provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.is_err()
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.unwrap();
+    provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.unwrap();
+
+    provider.files.write("corps.toml", corps_file(&[CORP_A]));
+    eventually("corp B's removal", async || {
+        provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.is_err()
     })
     .await;
-    provider.upgrade(CORP_B.0, EXTERNAL_USERID).await.unwrap();
-    // Corp B kept its token through both reloads.
-    let corp_b_fetches = provider
+    let status = provider
+        .upgrade(CORP_B.0, EXTERNAL_USERID)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::InvalidArgument, "UNKNOWN_APP");
+    provider.upgrade(CORP_A.0, EXTERNAL_USERID).await.unwrap();
+    // Corp A kept its token through every reload.
+    let corp_a_fetches = provider
         .corp_token_requests()
         .iter()
-        .filter(|c| *c == CORP_B.1)
+        .filter(|c| *c == CORP_A.1)
         .count();
-    assert_eq!(corp_b_fetches, 1);
+    assert_eq!(corp_a_fetches, 1);
+}
+
+/// A caller granted a corp's app in the callers file before the corps file that
+/// adds the corp is re-read: the callers file is refused at first, and taken once
+/// the app exists.
+#[tokio::test]
+async fn a_callers_file_granting_a_corp_not_added_yet_is_taken_once_it_is() {
+    let dir = TempDir::new("provider-callers");
+    let caller = new_caller("billing", &[CORP_A.0.to_owned()]).unwrap();
+    let callers = dir.write("callers.toml", &caller.entry);
+    let provider = spawn_provider(
+        &[CORP_A],
+        &format!(
+            "[auth]\ncallers_file = \"{}\"\nreload_interval_ms = 100\n",
+            callers.display()
+        ),
+    )
+    .await;
+    provider.sandbox.push_ticket().await.unwrap();
+    let token = caller.token.expose_secret().to_owned();
+    let upgrade = |app: &'static str| {
+        let mut client = provider.client.clone();
+        let token = token.clone();
+        async move {
+            let mut request = for_app(member_upgrade("zhangsan", ""), app);
+            let bearer = format!("Bearer {token}").parse().unwrap();
+            request.metadata_mut().insert("authorization", bearer);
+            client.upgrade_service(request).await
+        }
+    };
+    upgrade(CORP_A.0).await.unwrap();
+
+    // The grant comes first, and is refused for a while: corp B is unknown.
+    let both = format!("\"{}\", \"{}\"", CORP_A.0, CORP_B.0);
+    let granted = caller.entry.replace(&format!("\"{}\"", CORP_A.0), &both);
+    assert_ne!(granted, caller.entry);
+    dir.write("callers.toml", granted);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    provider
+        .files
+        .write("corps.toml", corps_file(&[CORP_A, CORP_B]));
+    eventually("the caller's use of corp B", async || {
+        upgrade(CORP_B.0).await.is_ok()
+    })
+    .await;
+    upgrade(CORP_A.0).await.unwrap();
 }
 
 #[tokio::test]
@@ -647,7 +715,7 @@ async fn apps_of_the_apps_file_are_added_without_a_restart() {
     let provider = spawn_provider(
         &[CORP_A],
         &format!(
-            "apps_file = \"{}\"\napps_reload_interval_ms = 50\n",
+            "apps_file = \"{}\"\napps_reload_interval_ms = 100\n",
             apps_file.display()
         ),
     )
@@ -675,6 +743,52 @@ async fn apps_of_the_apps_file_are_added_without_a_restart() {
     })
     .await;
     assert_eq!(provider.requests_to(Endpoint::GetToken).len(), 1);
+}
+
+/// An app moved from the apps file to a corps file arrives whichever file is
+/// re-read first: the corps file naming it is refused while the apps file still
+/// has it, and taken once it no longer does.
+#[tokio::test]
+async fn an_app_moved_from_the_apps_file_to_a_corps_file_arrives_in_either_order() {
+    let dir = TempDir::new("moved-app");
+    let apps_file = dir.write(
+        "apps.toml",
+        format!(
+            "[[apps]]\nname = \"moved\"\ncorp_id = \"{DEMO_CORP_ID}\"\nsecret = \"{DEMO_SECRET}\"\n"
+        ),
+    );
+    let provider = spawn_provider(
+        &[CORP_A],
+        &format!(
+            "apps_file = \"{}\"\napps_reload_interval_ms = 100\n",
+            apps_file.display()
+        ),
+    )
+    .await;
+    provider.sandbox.push_ticket().await.unwrap();
+    provider.upgrade("moved", EXTERNAL_USERID).await.unwrap();
+    assert_eq!(provider.requests_to(Endpoint::GetToken).len(), 1);
+
+    // The corps file is changed first, and refused while the apps file has the app.
+    let moved = ("moved", CORP_B.1, CORP_B.2);
+    provider
+        .files
+        .write("corps.toml", corps_file(&[CORP_A, moved]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    dir.write("apps.toml", "");
+    eventually("the app's arrival from the corps file", async || {
+        provider.upgrade("moved", EXTERNAL_USERID).await.is_ok()
+            && provider
+                .corp_token_requests()
+                .contains(&CORP_B.1.to_owned())
+    })
+    .await;
+    provider.upgrade("moved", EXTERNAL_USERID).await.unwrap();
+    assert_eq!(
+        provider.requests_to(Endpoint::GetToken).len(),
+        1,
+        "no gettoken since the move: the app is the suite's corp"
+    );
 }
 
 // === a fleet ===

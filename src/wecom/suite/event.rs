@@ -34,16 +34,13 @@ pub fn fields(xml: &str) -> Result<BTreeMap<String, String>, XmlError> {
             }
             Xml::Empty(start) if depth == 1 => {
                 let name = start.local_name().as_ref().to_owned();
-                fields.insert(name, String::new());
+                insert(&mut fields, name, String::new())?;
             }
             Xml::End(_) => {
                 if depth == 2
                     && let Some((name, text)) = open.take()
                 {
-                    if fields.len() >= MAX_FIELDS {
-                        return Err(XmlError(format!("more than {MAX_FIELDS} fields")));
-                    }
-                    fields.insert(name, text.trim().to_owned());
+                    insert(&mut fields, name, text.trim().to_owned())?;
                 }
                 depth = depth
                     .checked_sub(1)
@@ -80,8 +77,21 @@ pub fn fields(xml: &str) -> Result<BTreeMap<String, String>, XmlError> {
     Ok(fields)
 }
 
+/// Adds a field, within [`MAX_FIELDS`] fields: `<A/>` and `<A></A>` alike.
+fn insert(
+    fields: &mut BTreeMap<String, String>,
+    name: String,
+    value: String,
+) -> Result<(), XmlError> {
+    if fields.len() >= MAX_FIELDS && !fields.contains_key(&name) {
+        return Err(XmlError(format!("more than {MAX_FIELDS} fields")));
+    }
+    fields.insert(name, value);
+    Ok(())
+}
+
 /// What a suite's callback said, decrypted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum SuiteEvent {
     /// A new `suite_ticket` (every ten minutes).
     Ticket {
@@ -103,6 +113,28 @@ pub enum SuiteEvent {
         /// Its InfoType.
         info_type: String,
     },
+}
+
+impl std::fmt::Debug for SuiteEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The ticket is a credential: never shown.
+            SuiteEvent::Ticket { issued_at, .. } => f
+                .debug_struct("Ticket")
+                .field("ticket", &"****")
+                .field("issued_at", issued_at)
+                .finish(),
+            SuiteEvent::Authorisation { info_type, corp_id } => f
+                .debug_struct("Authorisation")
+                .field("info_type", info_type)
+                .field("corp_id", corp_id)
+                .finish(),
+            SuiteEvent::Other { info_type } => f
+                .debug_struct("Other")
+                .field("info_type", info_type)
+                .finish(),
+        }
+    }
 }
 
 /// Longest suite ticket WeCom documents.
@@ -217,6 +249,31 @@ mod tests {
             "t".repeat(513)
         );
         assert!(SuiteEvent::parse(&long, "s").is_err());
+    }
+
+    #[test]
+    fn self_closing_fields_count_towards_the_cap() {
+        let empties: String = (0..MAX_FIELDS).map(|i| format!("<F{i}/>")).collect();
+        let many = format!("<xml>{empties}<InfoType>suite_ticket</InfoType></xml>");
+        assert!(fields(&many).is_err(), "{} fields", MAX_FIELDS + 1);
+        let only_empties = format!("<xml>{empties}<Extra/></xml>");
+        assert!(fields(&only_empties).is_err());
+        let at_the_cap: String = (0..MAX_FIELDS).map(|i| format!("<F{i}/>")).collect();
+        assert_eq!(
+            fields(&format!("<xml>{at_the_cap}</xml>")).unwrap().len(),
+            MAX_FIELDS
+        );
+    }
+
+    #[test]
+    fn debug_output_shows_no_ticket() {
+        let event = SuiteEvent::Ticket {
+            ticket: "THE-TICKET".to_owned(),
+            issued_at: 1403610513,
+        };
+        let shown = format!("{event:?}");
+        assert!(!shown.contains("THE-TICKET"), "{shown}");
+        assert!(shown.contains("1403610513"), "{shown}");
     }
 
     proptest! {

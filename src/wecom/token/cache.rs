@@ -90,6 +90,10 @@ struct Slot {
     failed: Option<Held>,
     /// A fetch was asked for and its outcome is not published yet.
     requested: bool,
+    /// What a fetch lacked (a suite ticket) arrived while it was under way: if
+    /// it fails, it may have started too early to use it, so its failure is not
+    /// held and the next caller fetches again at once.
+    retry_asked: bool,
     /// WeCom refused this token, which was dropped; the source hears of it
     /// before the next fetch.
     refused: Option<AccessToken>,
@@ -277,11 +281,15 @@ impl TokenCache {
 
     /// Ends the hold of a failed fetch: what it lacked (a suite ticket) has come,
     /// so the next caller without a token starts a fetch at once instead of
-    /// getting the held error until the backoff ends. A cool-down after refused
-    /// credentials stays: a new ticket does not fix a wrong secret.
+    /// getting the held error until the backoff ends; a fetch under way that
+    /// fails is not held either. A cool-down after refused credentials stays: a
+    /// new ticket does not fix a wrong secret.
     pub(crate) fn retry_now(&self) {
         let now = Instant::now();
         self.shared.slot.send_if_modified(|slot| {
+            if slot.requested {
+                slot.retry_asked = true;
+            }
             if let Some(held) = slot
                 .failed
                 .as_mut()
@@ -430,12 +438,13 @@ impl Refresher {
                     slot.failed = None;
                     slot.requested = false;
                     self.shared.mirror(slot);
+                    slot.retry_asked = false;
                 });
                 tracing::info!(app = %self.app, expires_in_secs = lifetime.as_secs(), "access token fetched");
             }
             Err(error) => {
                 self.failures = self.failures.saturating_add(1);
-                let wait = if error.is_credential_rejection() {
+                let mut wait = if error.is_credential_rejection() {
                     self.policy.credential_cooldown
                 } else {
                     backoff(
@@ -447,6 +456,9 @@ impl Refresher {
                 let mut kept = false;
                 self.shared.slot.send_modify(|slot| {
                     slot.requested = false;
+                    if std::mem::take(&mut slot.retry_asked) && !error.is_credential_rejection() {
+                        wait = Duration::ZERO;
+                    }
                     slot.failed = Some(Held {
                         error: error.clone(),
                         until: now + wait,
@@ -653,6 +665,35 @@ mod tests {
         cache.retry_now();
         assert!(cache.get().await.is_err(), "still cooling down");
         assert_eq!(source.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_now_during_a_fetch_that_fails_leaves_no_hold() {
+        for (errcode, held) in [(40085, false), (40001, true)] {
+            let source = Scripted::new(HOUR);
+            let cache = cache(source.clone());
+            source.fail_next(1, errcode);
+            let first = tokio::spawn({
+                let cache = Arc::clone(&cache);
+                async move { cache.get().await }
+            });
+            // The fetch is under way (it takes 50 ms) when the ticket arrives.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(source.calls(), 1);
+            cache.retry_now();
+            assert!(first.await.unwrap().is_err(), "{errcode}: the fetch fails");
+            let next = cache.get().await;
+            if held {
+                assert!(next.is_err(), "{errcode}: a cool-down stays");
+                assert_eq!(source.calls(), 1);
+            } else {
+                assert_eq!(
+                    next.unwrap().expose(),
+                    "token-2",
+                    "{errcode}: fetched at once"
+                );
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
