@@ -141,17 +141,58 @@ impl Process {
             .map_or(f64::NAN, |kib| kib / 1024.0)
     }
 
-    /// CPU time of every thread, from `/proc/PID/task/*/schedstat` (nanoseconds on the CPU).
-    fn cpu(&self) -> Duration {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()));
-        let nanos: u64 = tasks
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-            .sum();
-        Duration::from_nanos(nanos)
+    /// The process's CPU time so far, two ways: each live thread's nanoseconds on
+    /// the CPU (`/proc/PID/task/*/schedstat`), and utime + stime of all threads,
+    /// exited ones included (`/proc/PID/stat`, in clock ticks).
+    fn cpu(&self) -> CpuSample {
+        let pid = self.pid();
+        let mut threads = BTreeMap::new();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+        for task in tasks.into_iter().flatten().flatten() {
+            let tid = task.file_name().to_string_lossy().parse::<u32>().ok();
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok();
+            let nanos = stat.and_then(|stat| stat.split_whitespace().next()?.parse::<u64>().ok());
+            if let (Some(tid), Some(nanos)) = (tid, nanos) {
+                threads.insert(tid, nanos);
+            }
+        }
+        let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // After the command name (in parentheses, may hold spaces): utime is
+                // the 12th field, stime the 13th.
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        CpuSample { threads, ticks }
+    }
+}
+
+/// A process's CPU time at one moment (see [`Process::cpu`]).
+struct CpuSample {
+    /// Nanoseconds on the CPU, by thread id.
+    threads: BTreeMap<u32, u64>,
+    /// utime + stime, in clock ticks (100 a second on Linux).
+    ticks: u64,
+}
+
+impl CpuSample {
+    /// The CPU used since `earlier`: to the nanosecond when every thread of then
+    /// is still there (a thread started since counts from zero); from the clock
+    /// ticks, which keep exited threads' time, when one has exited.
+    fn since(&self, earlier: &CpuSample) -> Duration {
+        let all_alive = earlier
+            .threads
+            .keys()
+            .all(|tid| self.threads.contains_key(tid));
+        if all_alive {
+            let now: u64 = self.threads.values().sum();
+            let then: u64 = earlier.threads.values().sum();
+            Duration::from_nanos(now.saturating_sub(then))
+        } else {
+            Duration::from_millis(self.ticks.saturating_sub(earlier.ticks) * 10)
+        }
     }
 }
 
@@ -186,12 +227,13 @@ impl Sandbox {
             .args(["sandbox", "--listen", "127.0.0.1:0"])
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn,wecom_kf_upgrade=info");
+        without_proxies(&mut command);
         let process = Process::spawn(command, dir.join("sandbox.log"))?;
         let addr = process.logged_addr("addr").await?;
         Ok(Self {
             _process: process,
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder().no_proxy().build()?,
         })
     }
 
@@ -245,6 +287,7 @@ impl Gateway {
             .env("WECOM_CORP_ID", DEMO_CORP_ID)
             .env("WECOM_CORP_SECRET", DEMO_SECRET)
             .env("WECOM_API_BASE", &sandbox.base);
+        without_proxies(&mut command);
         for pair in &args.gateway_env {
             let (key, value) = pair
                 .split_once('=')
@@ -288,6 +331,16 @@ impl Gateway {
             .filter(|line| !line.starts_with('#') && parts.iter().all(|p| line.contains(p)))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
+    }
+}
+
+/// Everything is on loopback: a proxy the machine's environment names must not
+/// carry the gateway's or the sandbox's traffic.
+fn without_proxies(command: &mut Command) {
+    for name in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"] {
+        command
+            .env_remove(name)
+            .env_remove(name.to_ascii_lowercase());
     }
 }
 
@@ -359,6 +412,7 @@ impl Caller {
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(args.deadline_ms))
+            .no_proxy()
             .build()?;
         let token = http
             .get(format!("{}/cgi-bin/gettoken", sandbox.base))
@@ -471,24 +525,38 @@ fn upgrade_request(n: usize) -> pb::UpgradeServiceRequest {
 struct Tally {
     latencies_us: Vec<u32>,
     failures: BTreeMap<String, u64>,
+    /// Open loops: how late each call was sent after its scheduled time (the load
+    /// generator's own lag, which the latencies include).
+    send_lags_us: Vec<u32>,
 }
 
 impl Tally {
     fn record(&mut self, outcome: Result<(), String>, latency: Duration) {
         match outcome {
-            Ok(()) => self
-                .latencies_us
-                .push(latency.as_micros().min(u128::from(u32::MAX)) as u32),
+            Ok(()) => self.latencies_us.push(micros(latency)),
             Err(how) => *self.failures.entry(how).or_default() += 1,
         }
     }
 
     fn merge(&mut self, other: Tally) {
         self.latencies_us.extend(other.latencies_us);
+        self.send_lags_us.extend(other.send_lags_us);
         for (how, n) in other.failures {
             *self.failures.entry(how).or_default() += n;
         }
     }
+}
+
+fn micros(duration: Duration) -> u32 {
+    duration.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// The `q` quantile of sorted microseconds, in milliseconds (NaN when empty).
+fn quantile_ms(sorted: &[u32], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted
+        .get(index)
+        .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
 }
 
 /// A run's figures.
@@ -504,6 +572,8 @@ struct Run {
     p999_ms: f64,
     /// The gateway's CPU per answered call (none for direct calls).
     cpu_us: Option<f64>,
+    /// Open loops: p99 of the load generator's own send lag.
+    send_lag_p99_ms: Option<f64>,
 }
 
 impl Run {
@@ -515,22 +585,20 @@ impl Run {
         cpu: Option<Duration>,
     ) -> Self {
         tally.latencies_us.sort_unstable();
+        tally.send_lags_us.sort_unstable();
         let all = &tally.latencies_us;
-        let at = |q: f64| {
-            let index = ((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1));
-            all.get(index)
-                .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
-        };
         let calls = all.len();
+        let lags = &tally.send_lags_us;
         Run {
             op,
             load,
             calls,
             per_sec: calls as f64 / elapsed.as_secs_f64(),
-            p50_ms: at(0.50),
-            p99_ms: at(0.99),
-            p999_ms: at(0.999),
+            p50_ms: quantile_ms(all, 0.50),
+            p99_ms: quantile_ms(all, 0.99),
+            p999_ms: quantile_ms(all, 0.999),
             cpu_us: cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / calls.max(1) as f64),
+            send_lag_p99_ms: (!lags.is_empty()).then(|| quantile_ms(lags, 0.99)),
             failures: tally.failures,
         }
     }
@@ -538,8 +606,11 @@ impl Run {
     fn row(&self) -> String {
         let cpu = self.cpu_us.map_or("-".to_owned(), |us| format!("{us:.1}"));
         let failed: u64 = self.failures.values().sum();
+        let lag = self
+            .send_lag_p99_ms
+            .map_or("-".to_owned(), |ms| format!("{ms:.2}"));
         format!(
-            "{:<17} {:>6} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>7}",
+            "{:<17} {:>6} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>7} {:>9}",
             self.op.name(),
             self.load,
             self.calls,
@@ -548,7 +619,8 @@ impl Run {
             self.p99_ms,
             self.p999_ms,
             cpu,
-            failed
+            failed,
+            lag
         )
     }
 }
@@ -613,10 +685,12 @@ async fn open(caller: &Caller, op: Op, rate: u32, cpu: Option<&Process>) -> Run 
                 tokio::time::sleep_until(at.into()).await;
                 let (caller, tally) = (caller.clone(), Arc::clone(&tally));
                 calls.spawn(async move {
+                    let lag = at.elapsed();
                     let outcome = caller.call(op, n as usize).await;
                     if at >= warm_up {
                         let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
                         tally.record(outcome, at.elapsed());
+                        tally.send_lags_us.push(micros(lag));
                     }
                 });
             }
@@ -634,7 +708,7 @@ async fn measure_cpu(process: Option<&Process>, from: Instant, to: Instant) -> O
     tokio::time::sleep_until(from.into()).await;
     let before = process.map(Process::cpu);
     tokio::time::sleep_until(to.into()).await;
-    Some(process?.cpu().saturating_sub(before?))
+    Some(process?.cpu().since(&before?))
 }
 
 /// Starts `n` calls of `op` at once and waits for them all.
@@ -699,6 +773,8 @@ async fn rss_with_calls_in_flight(
     // Let the allocator settle into what the calls hold.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = gateway.process.memory_mib("VmRSS");
+    // Still all there when RSS was read (none timed out meanwhile).
+    held = held.min(gateway.metric(&sandbox.http, &in_flight).await?);
     for call in &calls {
         call.abort();
     }
@@ -736,23 +812,22 @@ fn targets_table(targets: &[Target]) -> String {
     out
 }
 
+/// The run of `op` at `load`, if it ran and every call in it succeeded: a run
+/// with failures meets no target.
+fn clean_run<'a>(runs: &'a [Run], op: Op, load: &str) -> Option<&'a Run> {
+    runs.iter()
+        .find(|run| run.op == op && run.load == load && run.failures.is_empty())
+}
+
 /// The gateway's CPU ratio of `UpgradeService` to `Health/Check` in the runs of `load`.
 fn cpu_ratio(runs: &[Run], load: &str) -> Option<(f64, f64, f64)> {
-    let cpu = |op| {
-        runs.iter()
-            .find(|run| run.op == op && run.load == load)?
-            .cpu_us
-    };
+    let cpu = |op| clean_run(runs, op, load)?.cpu_us;
     let (upgrade, health) = (cpu(Op::Upgrade)?, cpu(Op::Health)?);
     Some((upgrade / health, upgrade, health))
 }
 
 fn p99(runs: &[Run], op: Op, load: &str) -> Option<f64> {
-    Some(
-        runs.iter()
-            .find(|run| run.op == op && run.load == load)?
-            .p99_ms,
-    )
+    Some(clean_run(runs, op, load)?.p99_ms)
 }
 
 /// The gateway's configuration: the defaults, but for WeCom's frequency limits,
@@ -786,11 +861,12 @@ async fn main() -> Result<(), BoxError> {
     if !args.loads_only {
         // A cold cache: the first fetch is held so that every caller arrives during it.
         let cold = Gateway::start(&args, &sandbox, &dir, "cold", LIMITS_LIFTED).await?;
-        sandbox
-            .hold("/cgi-bin/gettoken", Duration::from_millis(200), 1)
-            .await?;
+        // The caller first: it asks the sandbox for a token of its own (for direct
+        // calls), which must not be the answer held.
         let caller = Caller::new(Arc::clone(&args), &cold, &sandbox).await?;
-        let tally = burst(1000, |i| {
+        let hold = Duration::from_millis(200);
+        sandbox.hold("/cgi-bin/gettoken", hold, 1).await?;
+        let mut tally = burst(1000, |i| {
             let caller = caller.clone();
             async move { caller.call(Op::Upgrade, i).await }
         })
@@ -806,10 +882,16 @@ async fn main() -> Result<(), BoxError> {
             println!("cold burst failures: {:?}", tally.failures);
             failed += cold_failures;
         }
+        // Every caller waited for the held fetch: none was answered sooner.
+        tally.latencies_us.sort_unstable();
+        let fastest = tally
+            .latencies_us
+            .first()
+            .map_or(Duration::ZERO, |us| Duration::from_micros(u64::from(*us)));
         targets.push(Target {
             what: "gettoken requests for 1,000 concurrent cold callers: exactly 1".into(),
-            measured: format!("{fetches}"),
-            met: fetches == 1.0 && cold_failures == 0,
+            measured: format!("{fetches} (fastest call {} ms)", fastest.as_millis()),
+            met: fetches == 1.0 && cold_failures == 0 && fastest >= hold,
         });
         targets.push(Target {
             what: "SERVING within 200 ms of process start".into(),
@@ -825,8 +907,8 @@ async fn main() -> Result<(), BoxError> {
     let caller = Caller::new(Arc::clone(&args), &gateway, &sandbox).await?;
     let mut runs = Vec::new();
     println!(
-        "\n{:<17} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7}",
-        "call", "load", "calls", "calls/s", "p50", "p99", "p99.9", "CPU µs", "failed"
+        "\n{:<17} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9}",
+        "call", "load", "calls", "calls/s", "p50", "p99", "p99.9", "CPU µs", "failed", "send lag"
     );
     for &concurrency in &args.concurrency {
         for op in [Op::Upgrade, Op::Config, Op::Health, Op::Direct] {

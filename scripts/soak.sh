@@ -100,6 +100,7 @@ PIDS+=("$PROXY_PID")
 # second, not five, and a minute holds many of them; drained at once on SIGTERM.
 cat >"$WORK/gateway.toml" <<'TOML'
 [upstream]
+connect_timeout_ms = 500
 request_timeout_ms = 1000
 call_timeout_ms = 3000
 

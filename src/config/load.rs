@@ -809,6 +809,20 @@ mod tests {
     }
 
     #[test]
+    fn a_connect_timeout_must_be_shorter_than_the_request_timeout() {
+        let text = "[upstream]\nconnect_timeout_ms = 5000\nrequest_timeout_ms = 5000\n";
+        let err = from_toml(text, ONE_APP).unwrap_err();
+        assert_eq!(err.key, "upstream.connect_timeout_ms");
+        assert!(
+            err.problem
+                .contains("shorter than upstream.request_timeout_ms (5000)"),
+            "{err}"
+        );
+        let text = "[upstream]\nconnect_timeout_ms = 4999\nrequest_timeout_ms = 5000\n";
+        assert!(from_toml(text, ONE_APP).is_ok());
+    }
+
+    #[test]
     fn durations_that_would_overflow_the_clock_are_rejected() {
         assert_eq!(
             key_of(

@@ -304,6 +304,19 @@ pub(super) fn bounds(s: &Settings) -> Result<(), ConfigError> {
         }
     }
     provider_bounds(s)?;
+    // The request timeout runs from the connection's checkout: a connect that
+    // stalls must fail as a connect (nothing sent) before it does, or the call
+    // would be reported as perhaps applied.
+    if u.connect_timeout >= u.request_timeout {
+        return Err(ConfigError::new(
+            "upstream.connect_timeout_ms",
+            format!(
+                "is {}; it must be shorter than upstream.request_timeout_ms ({})",
+                ms(u.connect_timeout),
+                ms(u.request_timeout)
+            ),
+        ));
+    }
     // A lock that expires while its owner still waits for gettoken lets the other
     // replicas fetch too: it must outlast one request.
     if let Some(redis) = &s.redis

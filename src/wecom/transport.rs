@@ -47,7 +47,7 @@ use crate::telemetry::{
 pub struct HttpSettings {
     /// TCP + TLS connect timeout.
     pub connect_timeout: Duration,
-    /// One request, from sending to the last body byte.
+    /// One request, from taking a connection (a new one included) to the last body byte.
     pub request_timeout: Duration,
     /// Largest response body read; a larger one fails the call.
     pub max_body_bytes: usize,
@@ -86,29 +86,72 @@ pub enum ClientError {
         /// The proxy URL's scheme (the URL itself may hold a password).
         scheme: String,
     },
+    /// A proxy variable's value is not a URL (an unencoded `#`, `/`, `?` or `@`
+    /// in its password, say).
+    #[error(
+        "{variable} is not a proxy URL the gateway can read (percent-encode any \
+         reserved character in its user or password)"
+    )]
+    ProxyUnreadable {
+        /// The environment variable.
+        variable: &'static str,
+    },
 }
 
-/// The proxy variables as curl reads them: each must name an `http://` proxy (or
-/// a bare `host:port`, which means one).
-fn check_proxy_schemes(var: impl Fn(&str) -> Option<String>) -> Result<(), ClientError> {
-    const VARIABLES: [&str; 6] = [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ];
-    for variable in VARIABLES {
-        let Some(value) = var(variable) else { continue };
-        if let Some((scheme, _)) = value.trim().split_once("://")
-            && !scheme.eq_ignore_ascii_case("http")
-        {
-            return Err(ClientError::ProxyScheme {
-                variable,
-                scheme: scheme.to_ascii_lowercase(),
-            });
+/// The proxies the environment names, read as curl reads them (each variable's
+/// upper-case name first, then its lower-case one; `ALL_PROXY` where the scheme's
+/// own is unset; `NO_PROXY`), each checked: a value the gateway cannot use stops
+/// it, rather than send WeCom's traffic direct from an IP WeCom does not trust.
+/// The matcher is built from the values checked, so what is used is what passed.
+fn proxies_from(var: impl Fn(&str) -> Option<String>) -> Result<Matcher, ClientError> {
+    let pick = |upper: &'static str, lower: &'static str| {
+        let found = var(upper)
+            .map(|v| (upper, v))
+            .or_else(|| var(lower).map(|v| (lower, v)));
+        match found {
+            Some((variable, value)) if !value.trim().is_empty() => {
+                check_proxy(variable, value.trim())?;
+                Ok(Some(value.trim().to_owned()))
+            }
+            _ => Ok::<_, ClientError>(None),
         }
+    };
+    let mut proxies = Matcher::builder();
+    if let Some(all) = pick("ALL_PROXY", "all_proxy")? {
+        proxies = proxies.all(all);
+    }
+    if let Some(http) = pick("HTTP_PROXY", "http_proxy")? {
+        proxies = proxies.http(http);
+    }
+    if let Some(https) = pick("HTTPS_PROXY", "https_proxy")? {
+        proxies = proxies.https(https);
+    }
+    if let Some(no) = var("NO_PROXY").or_else(|| var("no_proxy")) {
+        proxies = proxies.no(no);
+    }
+    Ok(proxies.build())
+}
+
+/// A proxy URL must parse and name an `http://` proxy (or be a bare `host:port`,
+/// which means one). The refusal names the variable, and the scheme only once it
+/// has parsed as one: never the value, which may hold a password.
+fn check_proxy(variable: &'static str, value: &str) -> Result<(), ClientError> {
+    let unreadable = || ClientError::ProxyUnreadable { variable };
+    let uri: Uri = value.parse().map_err(|_| unreadable())?;
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+    {
+        return Err(ClientError::ProxyScheme {
+            variable,
+            scheme: scheme.to_ascii_lowercase(),
+        });
+    }
+    // `http::Uri` drops a fragment and takes any port text: a `#` in a password
+    // would leave a proxy named by the start of the user info.
+    let authority = uri.authority().ok_or_else(unreadable)?;
+    let port = authority.port().map(|port| port.as_str().parse::<u16>());
+    if value.contains('#') || authority.host().is_empty() || port.is_some_and(|p| p.is_err()) {
+        return Err(unreadable());
     }
     Ok(())
 }
@@ -176,8 +219,8 @@ impl Transport {
                     roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
                 })
                 .with_no_client_auth();
-        check_proxy_schemes(|name| std::env::var(name).ok())?;
-        Ok(Self::client_with(settings, tls, Matcher::from_env()))
+        let proxies = proxies_from(|name| std::env::var(name).ok())?;
+        Ok(Self::client_with(settings, tls, proxies))
     }
 
     /// The shared client with a TLS configuration and proxies of the caller's
@@ -845,22 +888,70 @@ mod tests {
     }
 
     #[test]
-    fn only_http_proxies_are_accepted_and_the_refusal_shows_no_password() {
-        let vars = |value: &'static str| {
-            move |name: &str| (name == "HTTPS_PROXY").then(|| value.to_owned())
+    fn only_readable_http_proxies_are_used_and_a_refusal_shows_no_password() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                let found = pairs.iter().find(|(n, _)| *n == name);
+                found.map(|(_, v)| (*v).to_owned())
+            }
         };
-        assert!(check_proxy_schemes(vars("http://u:p@proxy:3128")).is_ok());
-        assert!(check_proxy_schemes(vars("proxy:3128")).is_ok());
-        for (value, scheme) in [
-            ("https://u:SECRET@proxy", "https"),
-            ("socks5h://proxy:1080", "socks5h"),
+        let wecom: Uri = "https://qyapi.weixin.qq.com/cgi-bin/gettoken"
+            .parse()
+            .unwrap();
+        let proxy_of = |matcher: Matcher| matcher.intercept(&wecom).map(|i| i.uri().to_string());
+        for (pairs, proxy) in [
+            (
+                &[("HTTPS_PROXY", "http://u:p@proxy:3128")][..],
+                Some("http://proxy:3128/"),
+            ),
+            (
+                &[("https_proxy", " proxy:3128 ")][..],
+                Some("http://proxy:3128/"),
+            ),
+            // The upper-case name wins, as curl has it.
+            (
+                &[
+                    ("HTTPS_PROXY", "http://upper:1"),
+                    ("https_proxy", "http://lower:2"),
+                ][..],
+                Some("http://upper:1/"),
+            ),
+            (&[("ALL_PROXY", "http://all:3")][..], Some("http://all:3/")),
+            (
+                &[
+                    ("HTTPS_PROXY", "http://p:1"),
+                    ("NO_PROXY", ".weixin.qq.com"),
+                ][..],
+                None,
+            ),
+            (&[][..], None),
         ] {
-            let error = check_proxy_schemes(vars(value)).unwrap_err().to_string();
+            let matcher = proxies_from(vars(pairs)).unwrap();
+            assert_eq!(proxy_of(matcher).as_deref(), proxy, "{pairs:?}");
+        }
+        for (value, message) in [
+            (
+                "https://u:SECRET@proxy",
+                "HTTPS_PROXY names a https:// proxy",
+            ),
+            (
+                "socks5h://u:SECRET@proxy:1080",
+                "HTTPS_PROXY names a socks5h:// proxy",
+            ),
+            (
+                "http://u:SE#CRET@proxy:3128",
+                "HTTPS_PROXY is not a proxy URL",
+            ),
+            ("u:SE://CRET@p:3128", "HTTPS_PROXY is not a proxy URL"),
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] =
+                Box::leak(vec![("HTTPS_PROXY", value)].into_boxed_slice());
+            let error = proxies_from(vars(pairs)).unwrap_err().to_string();
+            assert!(error.contains(message), "{value}: {error}");
             assert!(
-                error.contains(&format!("HTTPS_PROXY names a {scheme}:// proxy")),
+                !error.contains("SECRET") && !error.contains("CRET"),
                 "{error}"
             );
-            assert!(!error.contains("SECRET"), "{error}");
         }
     }
 

@@ -360,7 +360,8 @@ async fn a_replica_starts_and_serves_before_redis_does() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lock_owner_killed_mid_fetch_holds_the_fleet_no_longer_than_the_lock() {
     // A lock shorter than the default request timeout is refused: shorten both.
-    let config = format!("{NO_LIMITS}[upstream]\nrequest_timeout_ms = 1500\n");
+    let config =
+        format!("{NO_LIMITS}[upstream]\nconnect_timeout_ms = 1000\nrequest_timeout_ms = 1500\n");
     let Some(mut fleet) = Fleet::start(2, &config, "lock_ttl_ms = 2000\n").await else {
         return;
     };

@@ -815,6 +815,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn retry_now_after_a_failed_background_refresh_refreshes_at_once() {
+        let source = Scripted::new(HOUR);
+        let cache = cache(source.clone());
+        cache.get().await.unwrap();
+        source.fail_next(usize::MAX, -1);
+        tokio::time::advance(Duration::from_secs(3600 - 30 - 100)).await;
+        cache.get().await.unwrap(); // starts the background refresh, which fails
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let calls = source.calls();
+        // The token is kept and its next refresh put off by the backoff (at least
+        // 500 ms, far more after the retries); what it lacked has come meanwhile.
+        *source.failures.lock().unwrap() = None;
+        cache.retry_now();
+        assert_eq!(
+            cache.get().await.unwrap().expose(),
+            "token-1",
+            "still served"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await; // one fetch: 50 ms
+        assert_eq!(
+            source.calls(),
+            calls + 1,
+            "refreshed at once, not after the backoff"
+        );
+        assert_eq!(
+            cache.get().await.unwrap().expose(),
+            format!("token-{}", calls + 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn callers_that_give_up_do_not_cancel_the_shared_fetch() {
         let source = Scripted::new(HOUR); // each fetch takes 50 ms
         let cache = cache(source.clone());
