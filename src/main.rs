@@ -10,7 +10,8 @@ use wecom_kf_upgrade::{
 
 /// mimalloc instead of glibc's malloc: every call allocates and frees on one worker
 /// thread and is often freed on another, where glibc's arenas took a lock (a futex
-/// under load) and a sixth of the gateway's CPU.
+/// under load) and a sixth of the gateway's CPU. Built without transparent huge
+/// pages (`no_thp`): with them its arenas kept 7 MiB more resident when idle.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
