@@ -23,9 +23,10 @@ use async_trait::async_trait;
 use criterion::{Criterion, criterion_group, criterion_main};
 use wecom_kf_upgrade::{
     auth::Access,
+    config::{TokenSettings, UpstreamSettings},
     grpc::{hot_paths, pb},
     telemetry::{self, LogFormat, Metrics},
-    wecom::{AccessToken, Error, IssuedToken, Retry, TokenCache, TokenPolicy, TokenSource},
+    wecom::{AccessToken, Error, IssuedToken, TokenCache, TokenSource},
 };
 
 /// The gateway's allocator, so that copies and allocations cost what they do there.
@@ -64,17 +65,8 @@ fn token_read(c: &mut Criterion) {
             "bench",
             Arc::new(FixedToken),
             // The defaults of `[token]` and `[upstream]`.
-            TokenPolicy {
-                refresh_ahead: Duration::from_secs(300),
-                expiry_margin: Duration::from_secs(30),
-                credential_cooldown: Duration::from_secs(60),
-                failure_backoff: Duration::from_millis(500),
-                failure_backoff_max: Duration::from_secs(30),
-            },
-            Retry {
-                max_retries: 3,
-                backoff: Duration::from_millis(100),
-            },
+            TokenSettings::default().policy(),
+            UpstreamSettings::default().retry(),
             &Metrics::new(),
         );
         cache.get().await.expect("the first fetch");

@@ -166,6 +166,16 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
 }
 
+impl UpstreamSettings {
+    /// The retries of transient failures these settings ask for.
+    pub fn retry(&self) -> Retry {
+        Retry {
+            max_retries: self.max_retries,
+            backoff: self.retry_backoff,
+        }
+    }
+}
+
 impl Default for UpstreamSettings {
     fn default() -> Self {
         Self {
@@ -208,6 +218,19 @@ pub struct TokenSettings {
     /// Longest wait between `gettoken` attempts after transient failures (`failure_backoff_max_ms`).
     #[serde(rename = "failure_backoff_max_ms", with = "units::millis")]
     pub failure_backoff_max: Duration,
+}
+
+impl TokenSettings {
+    /// How the token cache keeps tokens and holds failed fetches, as set here.
+    pub fn policy(&self) -> TokenPolicy {
+        TokenPolicy {
+            refresh_ahead: self.refresh_ahead,
+            expiry_margin: self.expiry_margin,
+            credential_cooldown: self.credential_cooldown,
+            failure_backoff: self.failure_backoff,
+            failure_backoff_max: self.failure_backoff_max,
+        }
+    }
 }
 
 impl Default for TokenSettings {
@@ -419,7 +442,6 @@ impl Settings {
     /// What the adapter needs to know of the apps and of WeCom.
     pub fn adapter(&self) -> (AdapterSettings, Vec<SuiteSpec>, Vec<AppSpec>) {
         let upstream = &self.upstream;
-        let token = &self.token;
         let settings = AdapterSettings {
             http: HttpSettings {
                 connect_timeout: upstream.connect_timeout,
@@ -428,17 +450,8 @@ impl Settings {
                 max_idle_connections: upstream.max_idle_connections,
                 idle_timeout: upstream.idle_timeout,
             },
-            retry: Retry {
-                max_retries: upstream.max_retries,
-                backoff: upstream.retry_backoff,
-            },
-            tokens: TokenPolicy {
-                refresh_ahead: token.refresh_ahead,
-                expiry_margin: token.expiry_margin,
-                credential_cooldown: token.credential_cooldown,
-                failure_backoff: token.failure_backoff,
-                failure_backoff_max: token.failure_backoff_max,
-            },
+            retry: upstream.retry(),
+            tokens: self.token.policy(),
             rate_limits: self.limits.rate_limits(),
             max_rate_wait: self.limits.max_wait,
             max_requests_per_app: upstream.max_requests_per_app,
